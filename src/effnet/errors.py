@@ -1,0 +1,25 @@
+"""One exception type per kind of user mistake; messages say what to do next."""
+
+
+class EffnetError(Exception):
+    """Base of every error effnet raises on purpose; the CLI prints its message, not a traceback."""
+
+
+class UnknownModelError(EffnetError, ValueError):
+    """A model name that is not in the family."""
+
+
+class ImageError(EffnetError):
+    """An input that cannot be decoded as an image (empty, truncated, not an image, too large)."""
+
+
+class WeightsError(EffnetError):
+    """A weights file that exists but cannot be used: bad hash, unsafe pickle, wrong keys or shapes."""
+
+
+class WeightsNotFoundError(EffnetError):
+    """Weights that are neither in the cache nor downloadable (offline, missing file)."""
+
+
+class MissingEngineError(EffnetError, ImportError):
+    """An optional inference engine (onnxruntime, openvino, nncf) that is not installed."""
