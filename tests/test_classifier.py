@@ -1,0 +1,72 @@
+"""Classifier end to end with real weights and real photos, including a batch with broken files."""
+from __future__ import annotations
+
+import io
+import shutil
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from effnet import Classifier, ImageError, Prediction
+
+from badfiles import make_bad_files
+
+
+@pytest.fixture(scope="module")
+def classifier(lite0_weights):
+    return Classifier("efficientnet_lite0", lite0_weights, batch_size=2)
+
+
+def test_classify_real_photos(classifier, photo_files):
+    results = classifier.classify([photo_files["coffee"], photo_files["camera"]], top=5)
+    assert [r[0].index for r in results] == [967, 872]
+    assert results[0][0] == Prediction(967, "espresso", pytest.approx(results[0][0].probability))
+    assert results[1][0].label == "tripod"
+    for preds in results:
+        probs = [p.probability for p in preds]
+        assert len(preds) == 5 and probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0 + 1e-6
+
+
+def test_every_input_form_gives_the_same_answer(classifier, photo_files):
+    path = photo_files["coffee"]
+    data = path.read_bytes()
+    forms = [path, str(path), data, Image.open(io.BytesIO(data)), np.asarray(Image.open(path).convert("RGB"))]
+    results = classifier.classify(forms, top=3)
+    for preds in results:  # batches of different sizes may differ in the last float bits
+        assert [p.index for p in preds] == [p.index for p in results[0]]
+        assert [p.probability for p in preds] == pytest.approx([p.probability for p in results[0]], rel=1e-5)
+    single = classifier.classify(path, top=1)  # a single image is a batch of one
+    assert len(single) == 1 and single[0][0].index == results[0][0].index
+
+
+def test_probabilities_sum_to_one(classifier, photo_files):
+    probs = classifier.probabilities([photo_files["chelsea"]])
+    assert probs.shape == (1, 1000) and probs.dtype == np.float32
+    assert abs(float(probs.sum()) - 1.0) < 1e-4 and (probs >= 0).all()
+
+
+def test_bad_image_raises_one_clear_error(classifier, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"")
+    with pytest.raises(ImageError, match="bad.jpg"):
+        classifier.classify([bad])
+
+
+def test_broken_files_in_a_batch_are_reported_and_the_rest_classified(classifier, photo_files, tmp_path):
+    bad = make_bad_files(tmp_path / "bad", photo_files["coffee"])
+    good = {name: tmp_path / f"{name}.jpg" for name in ("coffee", "camera", "rocket")}
+    for name, path in good.items():
+        shutil.copy(photo_files[name], path)
+    sources = [good["coffee"], bad["empty"], bad["truncated"], good["camera"], bad["text"], bad["bomb"],
+               tmp_path / "missing.jpg", good["rocket"]]
+    outcomes = list(classifier.classify_iter(sources, top=5))
+    assert [o.source for o in outcomes] == [str(s) for s in sources]  # in order, nothing lost
+    errors = {o.source: o.error for o in outcomes if o.error}
+    assert set(errors) == {str(bad[k]) for k in bad} | {str(tmp_path / "missing.jpg")}
+    for source, message in errors.items():
+        assert source in message and "\n" not in message
+    assert "bomb" in errors[str(bad["bomb"])].lower() or "pixels" in errors[str(bad["bomb"])]
+    tops = {o.source: o.predictions[0].index for o in outcomes if o.predictions}
+    assert tops[str(good["coffee"])] == 967 and tops[str(good["camera"])] == 872
+    assert 657 in [p.index for p in outcomes[-1].predictions]  # the rocket: missile
