@@ -76,3 +76,34 @@ def test_console_script_is_installed(folder, lite0_weights):
                            "--json", "--top", "1", str(folder / "coffee.jpg")], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout)["top"][0]["label"] == "espresso"
+
+
+def test_info_b7_states_the_card(capsys, monkeypatch, tmp_path):
+    monkeypatch.setenv("EFFNET_HOME", str(tmp_path))
+    code, out, _ = run(capsys, "info", "--json")  # B7 is the default
+    info = json.loads(out)
+    assert code == 0 and info["model"] == "efficientnet_b7"
+    assert (info["parameters"], info["parameters_bn_folded"], info["gflops"]) == (66_347_960, 66_192_600, 77.618)
+    assert [s["repeats"] for s in info["stages"]] == [4, 7, 7, 10, 10, 13, 4] and info["blocks"] == 55
+    assert info["input"]["shape"] == [1, 3, 600, 600] and info["input"]["resize"] == 632
+    assert info["input"]["mean"] == [123.675, 116.28, 103.53] and info["input"]["std"] == [58.395, 57.12, 57.375]
+    assert info["output"] == {"name": "prob", "shape": [1, 1000], "meaning": "softmax probabilities over ImageNet-1k"}
+    assert info["weights"]["file"] == "tf_efficientnet_b7_aa-076e3472.pth" and info["weights"]["cached"] is None
+    assert info["weights"]["sha256"] == "076e3472fb198ec7c3091aecc73ff205bcca4a114f5862e2297a4c2720c91826"
+    code, out, _ = run(capsys, "info")
+    assert code == 0 and "66,347,960 (66,192,600 with BatchNorm folded)" in out and "77.618 at 600x600" in out
+
+
+def test_download_offline_says_where_to_put_the_file(capsys, monkeypatch, tmp_path):
+    from effnet.weights import WeightsEntry, register_weights, weights_entry
+
+    monkeypatch.setenv("EFFNET_HOME", str(tmp_path))
+    original = weights_entry("efficientnet_b0")
+    register_weights(WeightsEntry("efficientnet_b0", "http://127.0.0.1:9/b0.pth", "0" * 64, original.preprocess))
+    try:
+        code, out, err = run(capsys, "download", "--model", "efficientnet_b0")
+    finally:
+        register_weights(original)
+    assert code == 1 and out == ""
+    assert "could not download http://127.0.0.1:9/b0.pth" in err and str(tmp_path / "weights") in err
+    assert err.count("\n") == 1

@@ -135,7 +135,8 @@ def model_info(name: str) -> dict:
                   "std": list(cfg.std), "resize": cfg.resize_size, "crop": s,
                   "interpolation": cfg.interpolation.value},
         "output": {"name": "prob", "shape": [1, 1000], "meaning": "softmax probabilities over ImageNet-1k"},
-        "weights": {"url": entry.url, "file": entry.filename, "sha256": entry.sha256, "size": entry.size,
+        "weights": {"url": entry.url, "file": entry.filename, "sha256": entry.sha256,
+                    "hash": entry.describe_hash(), "size": entry.size,
                     "cached": str(cached) if cached else None},
     }
 
@@ -149,18 +150,18 @@ def _run_info(args: argparse.Namespace) -> int:
     print(f"{info['model']} ({info['family']}; width x{info['scaling']['width']}, depth x{info['scaling']['depth']}, "
           f"{info['activation']})")
     print(f"  stem {info['stem_channels']} -> {info['blocks']} blocks -> head {info['head_channels']} -> 1000")
-    print("  stage  block  repeats  kernel  stride  expand  channels  SE")
+    print("  stage  block    repeats  kernel  stride  channels  SE")
     for i, st in enumerate(info["stages"], 1):
-        print(f"  {i:>5}  {st['block'].split('_')[0][:5]:<5}  {st['repeats']:>7}  {st['kernel']:>6}  "
-              f"{st['stride']:>6}  {st['expansion']:>6}  {st['channels']:>8}  {'yes' if st['squeeze_excite'] else 'no'}")
+        print(f"  {i:>5}  {'MBConv' + str(st['expansion']):<7}  {st['repeats']:>7}  {st['kernel']}x{st['kernel']:<4}  "
+              f"{st['stride']:>6}  {st['channels']:>8}  {'yes' if st['squeeze_excite'] else 'no'}")
     print(f"  parameters      {info['parameters']:,} ({info['parameters_bn_folded']:,} with BatchNorm folded)")
     print(f"  GFLOPs          {info['gflops']:.3f} at {inp['crop']}x{inp['crop']}")
     print(f"  input  {inp['name']}  {'x'.join(map(str, inp['shape']))} {inp['order']}, resize {inp['resize']} "
           f"{inp['interpolation']}, centre crop {inp['crop']}, mean {inp['mean']}, std {inp['std']}")
     print(f"  output {out['name']}  {'x'.join(map(str, out['shape']))} {out['meaning']}")
     print(f"  weights {w['url']}")
-    print(f"          sha256 {w['sha256']}" + (f", {w['size']:,} bytes" if w["size"] else ""))
-    print(f"          {'cached at ' + w['cached'] if w['cached'] else 'not downloaded yet (effnet download)'}")
+    print(f"          {w['hash']}" + (f", {w['size']:,} bytes" if w["size"] else ""))
+    print(f"          {'local copy ' + w['cached'] if w['cached'] else 'not downloaded yet (effnet download)'}")
     return 0
 
 
