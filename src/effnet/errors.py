@@ -23,3 +23,7 @@ class WeightsNotFoundError(EffnetError):
 
 class MissingEngineError(EffnetError, ImportError):
     """An optional inference engine (onnxruntime, openvino, nncf) that is not installed."""
+
+
+class DatasetError(EffnetError):
+    """A labelled image set that cannot be evaluated: bad annotation line, missing file, unknown WNID."""
