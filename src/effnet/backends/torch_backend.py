@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from ..model import EfficientNet
-from ..preprocess import PreprocessConfig
+from ..preprocess import PreprocessConfig, normalize
 
 
 class TorchBackend:
@@ -19,12 +19,12 @@ class TorchBackend:
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        self.mean = torch.tensor(config.mean, dtype=torch.float32).view(1, 3, 1, 1)
-        self.std = torch.tensor(config.std, dtype=torch.float32).view(1, 3, 1, 1)
+        self.config = config
 
     def predict(self, crops: np.ndarray) -> np.ndarray:
-        x = torch.from_numpy(np.ascontiguousarray(crops)).permute(0, 3, 1, 2).float()
-        x = ((x - self.mean) / self.std).contiguous(memory_format=self.memory_format)
+        # The checker's float64-exact normalisation (a lookup table), not float32 arithmetic in torch.
+        x = torch.from_numpy(np.stack([normalize(c, self.config) for c in crops]))
+        x = x.contiguous(memory_format=self.memory_format)
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
             logits = self.model(x)
         return logits.float().softmax(-1).numpy()
