@@ -1,0 +1,98 @@
+"""Inference engines behind one protocol (base.Backend), and `create_backend` to pick one.
+
+Engine modules are imported inside `create_backend`, so importing effnet never needs onnxruntime or
+openvino; a missing one raises MissingEngineError naming the extra that installs it.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+from ..arch import DEFAULT_MODEL
+from ..errors import EffnetError
+from .base import Backend
+
+if TYPE_CHECKING:
+    from ..api import Weights
+
+KINDS = ("torch", "onnxruntime", "openvino", "auto")
+# Fastest first on x86 CPUs (B7, 2 AVX-512 cores): what `auto` tries, in order.
+SPEED_ORDER = ("openvino", "onnxruntime", "torch")
+PRECISIONS: dict[str, tuple[str, ...]] = {
+    "torch": ("fp32", "bf16"),
+    "onnxruntime": ("fp32",),
+    "openvino": ("fp32", "bf16", "fp16", "int8"),
+}
+_MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
+
+
+def available_backends() -> list[str]:
+    """Installed engines, fastest first."""
+    from ..export.optional import installed
+
+    return [k for k in SPEED_ORDER if k not in _MODULES or installed(_MODULES[k])]
+
+
+def resolve_kind(kind: str, precision: str = "fp32") -> str:
+    """`auto` -> the fastest installed engine that runs `precision`; other kinds are checked."""
+    if kind not in KINDS:
+        raise EffnetError(f"unknown backend {kind!r}; choose one of: {', '.join(KINDS)}")
+    if kind == "auto":
+        for candidate in available_backends():
+            if precision in PRECISIONS[candidate]:
+                return candidate
+        need = [k for k in SPEED_ORDER if precision in PRECISIONS[k]]
+        raise EffnetError(f"no installed engine runs {precision}; it needs {' or '.join(need)} "
+                          f"(pip install 'effnet[{need[0]}]')")
+    if precision not in PRECISIONS[kind]:
+        raise EffnetError(f"{kind} runs {', '.join(PRECISIONS[kind])}, not {precision}")
+    return kind
+
+
+def create_backend(kind: str = "torch", name: str = DEFAULT_MODEL, weights: Weights = "imagenet",
+                   precision: str = "fp32", *, batch: int | None | Literal["auto"] = "auto",
+                   calibration: str | os.PathLike[str] | None = None, hint: str = "THROUGHPUT",
+                   streams: int | None = None, threads: int | None = None,
+                   cache_root: str | os.PathLike[str] | None = None) -> Backend:
+    """An engine running `name` with `weights` ("imagenet", a file, or None for random) at `precision`.
+
+    `auto` picks the fastest installed engine (OpenVINO on x86 CPUs). ONNX and IR files are exported
+    on first use and cached under `cache_root` (default: effnet's cache dir), keyed by model, weights
+    digest, precision, batch and effnet version; OpenVINO also caches its compiled blob there.
+    `batch`: the exported model's batch (None: any). "auto": 1 for OpenVINO, which spreads a call's
+    images over its infer requests (a fixed shape also answers the first call sooner), any for ONNX Runtime.
+    `calibration`: image folder, needed for int8. `hint`, `streams`: OpenVINO's performance settings.
+    """
+    from ..weights import cache_dir, preprocess_config
+
+    kind = resolve_kind(kind, precision)
+    config = preprocess_config(name)
+    root = Path(cache_root) if cache_root is not None else cache_dir()
+    if kind == "torch":
+        from ..api import create_model
+        from .torch_backend import TorchBackend
+
+        return TorchBackend(create_model(name, weights), config, bf16=precision == "bf16")
+    from ..export.optional import require
+
+    require(_MODULES[kind])  # fail before any export work
+    if kind == "onnxruntime":
+        from ..export.cache import cached_onnx
+        from .onnxruntime_backend import OnnxRuntimeBackend
+
+        path = cached_onnx(name, weights, batch=None if batch == "auto" else batch, root=root / "exports")
+        return OnnxRuntimeBackend(path, config, threads=threads)
+    from ..export.cache import cached_ir
+    from .openvino_backend import OpenVINOBackend
+
+    ir_precision = "fp32" if precision == "bf16" else precision  # bf16 is a compute mode, not a file
+    xml = cached_ir(name, weights, precision=ir_precision, batch=1 if batch == "auto" else batch,
+                    calibration=calibration, engine=True, root=root / "exports")
+    # Random weights make a throwaway model: keep its compiled blob out of the cache.
+    blobs = root / "openvino" if weights is not None else None
+    return OpenVINOBackend(xml, precision=precision, hint=hint, cache_dir=blobs, streams=streams,
+                           threads=threads)
+
+
+__all__ = ["KINDS", "PRECISIONS", "Backend", "available_backends", "create_backend", "resolve_kind"]

@@ -1,0 +1,14 @@
+"""Export to the card's two forms: ONNX (the original model, normalised RGB in) and OpenVINO IR (the
+converted model, raw BGR in with mean/scale folded), plus NNCF INT8; each checked against PyTorch.
+
+Talks to the model and weights only; the engines (onnxruntime, openvino, nncf) are imported on use.
+"""
+from .cache import cached_ir, cached_onnx
+from .onnx import export_onnx
+from .openvino import export_openvino
+from .pipeline import FORMATS, PRECISIONS, Exported, ParityError, export_model
+from .quantize import quantize_int8
+from .verify import Agreement, compare
+
+__all__ = ["FORMATS", "PRECISIONS", "Agreement", "Exported", "ParityError", "cached_ir", "cached_onnx",
+           "compare", "export_model", "export_onnx", "export_openvino", "quantize_int8"]

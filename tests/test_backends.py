@@ -1,0 +1,195 @@
+"""Backends: every engine gives PyTorch's answers on real photos (real Lite0 weights), exports are cached,
+and a missing optional engine says which extra installs it."""
+from __future__ import annotations
+
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+import effnet.export.cache as export_cache
+from effnet import Classifier
+from effnet.backends import available_backends, create_backend, resolve_kind
+from effnet.cli import main
+from effnet.errors import EffnetError, MissingEngineError
+from effnet.export.optional import require
+from effnet.preprocess import center_crop, load_image
+from effnet.weights import preprocess_config
+
+pytest.importorskip("onnxruntime")
+ov = pytest.importorskip("openvino")
+
+LITE0 = "efficientnet_lite0"
+
+
+@pytest.fixture(scope="module")
+def cache_root(tmp_path_factory):
+    return tmp_path_factory.mktemp("effnet_cache")
+
+
+@pytest.fixture(scope="module")
+def crops(photo_arrays) -> np.ndarray:
+    config = preprocess_config(LITE0)
+    return np.stack([center_crop(load_image(a), config) for a in photo_arrays.values()])
+
+
+@pytest.fixture(scope="module")
+def reference(lite0_weights, crops) -> np.ndarray:
+    return create_backend("torch", LITE0, lite0_weights).predict(crops)
+
+
+@pytest.mark.parametrize("kind, precision, tolerance", [
+    ("onnxruntime", "fp32", 1e-4),
+    ("openvino", "fp32", 1e-4),
+    ("openvino", "bf16", 0.05),
+    ("openvino", "fp16", 0.05),
+    ("torch", "bf16", 0.05),
+])
+def test_backends_agree_with_pytorch_on_real_photos(kind, precision, tolerance, lite0_weights, crops, reference,
+                                                    cache_root):
+    backend = create_backend(kind, LITE0, lite0_weights, precision, cache_root=cache_root)
+    assert (backend.name, backend.precision) == (kind, precision)
+    probs = backend.predict(crops)
+    assert probs.shape == (len(crops), 1000) and probs.dtype == np.float32
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-3)
+    assert np.abs(probs - reference).max() < tolerance
+    # Same top-1 on every photo, whose fp32 answer is not a near tie.
+    top2 = np.sort(reference, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 0.05
+    assert np.array_equal(probs[clear].argmax(1), reference[clear].argmax(1))
+    assert list(probs.argmax(1)[:2]) == [967, 872]  # coffee: espresso, camera: tripod
+
+
+def test_openvino_takes_uint8_rgb_crops_and_any_batch(lite0_weights, crops, reference, cache_root):
+    backend = create_backend("openvino", LITE0, lite0_weights, cache_root=cache_root)
+    data = backend.compiled.input(0)
+    assert data.get_element_type() == ov.Type.u8 and list(data.get_shape()) == [1, 224, 224, 3]
+    assert backend.compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32  # not the CPU's bf16 default
+    # Five crops spread over the infer requests come back in order.
+    assert np.abs(backend.predict(crops) - reference).max() < 1e-4
+    assert np.abs(backend.predict(crops[3:4]) - reference[3:4]).max() < 1e-4
+    assert backend.predict(crops[:0]).shape == (0, 1000)
+
+
+@pytest.mark.parametrize("batch", [2, None])
+def test_openvino_fixed_and_dynamic_batch_irs(batch, lite0_weights, crops, reference, cache_root):
+    backend = create_backend("openvino", LITE0, lite0_weights, batch=batch, cache_root=cache_root)
+    assert backend.static_batch == batch
+    assert np.abs(backend.predict(crops) - reference).max() < 1e-4  # 5 = 2 + 2 + a padded 1, or 3 + 2
+
+
+def test_second_creation_hits_the_cache(lite0_weights, crops, tmp_path, monkeypatch):
+    first = create_backend("openvino", LITE0, lite0_weights, cache_root=tmp_path)
+    (entry,) = [p for p in (tmp_path / "exports").iterdir() if p.is_dir()]
+    assert entry.name.startswith(f"{LITE0}-") and "openvino_u8-fp32-b1-v" in entry.name
+    assert any((tmp_path / "openvino").iterdir())  # OpenVINO's compiled blob
+    assert str(lite0_weights.resolve()) in (tmp_path / "exports" / "digests.json").read_text()  # hashed once
+    monkeypatch.setattr(export_cache, "export_onnx", lambda *a, **k: pytest.fail("exported again"))
+    start = time.perf_counter()
+    second = create_backend("openvino", LITE0, lite0_weights, cache_root=tmp_path)
+    print(f"warm create_backend(openvino, lite0): {time.perf_counter() - start:.2f} s")
+    assert np.array_equal(second.predict(crops[:1]), first.predict(crops[:1]))
+    # Other weights, precision or batch are other models: they are exported.
+    with pytest.raises(pytest.fail.Exception, match="exported again"):
+        create_backend("openvino", LITE0, lite0_weights, "fp16", cache_root=tmp_path)
+
+
+def test_cache_key_names_what_changes_the_model(lite0_weights, tmp_path):
+    key = export_cache.export_key(LITE0, lite0_weights, "openvino", "fp32", 1)
+    other = tmp_path / "other.pth"
+    other.write_bytes(lite0_weights.read_bytes() + b"\0")
+    assert export_cache.export_key(LITE0, other, "openvino", "fp32", 1) != key
+    assert export_cache.export_key(LITE0, lite0_weights, "openvino", "fp16", 1) != key
+    assert export_cache.export_key(LITE0, lite0_weights, "openvino", "fp32", None) != key
+    assert export_cache.export_key(LITE0, None, "openvino", "fp32", 1) is None  # random: never cached
+    assert export_cache.export_key(LITE0, "imagenet", "onnx", "fp32", 1).startswith(f"{LITE0}-0aa007d2-onnx")
+
+
+def test_classifier_runs_on_openvino(lite0_weights, photo_files, cache_root):
+    backend = create_backend("openvino", LITE0, lite0_weights, cache_root=cache_root)
+    classifier = Classifier(LITE0, lite0_weights, backend=backend, batch_size=3)
+    outcomes = list(classifier.classify_iter([photo_files["coffee"], photo_files["camera"], photo_files["chelsea"]]))
+    assert [o.predictions[0].label for o in outcomes[:2]] == ["espresso", "tripod"]
+
+
+def test_cli_classify_with_backend(lite0_weights, photo_files, tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("EFFNET_HOME", str(tmp_path))
+    assert main(["classify", "--model", LITE0, "--weights", str(lite0_weights), "--backend", "onnxruntime",
+                 "--top", "1", str(photo_files["coffee"])]) == 0
+    assert "espresso" in capsys.readouterr().out
+    assert main(["classify", "--model", LITE0, "--weights", str(lite0_weights), "--backend", "onnxruntime",
+                 "--precision", "int8", str(photo_files["coffee"])]) == 1
+    assert "onnxruntime runs fp32, not int8" in capsys.readouterr().err
+
+
+# ---- choosing an engine, and missing ones ------------------------------------------------------
+
+def test_auto_picks_the_fastest_installed(monkeypatch):
+    assert available_backends() == ["openvino", "onnxruntime", "torch"]
+    assert resolve_kind("auto") == "openvino" and resolve_kind("auto", "int8") == "openvino"
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    assert resolve_kind("auto") == "onnxruntime" and resolve_kind("auto", "bf16") == "torch"
+    with pytest.raises(EffnetError, match=r"effnet\[openvino\]"):
+        resolve_kind("auto", "int8")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    assert resolve_kind("auto") == "torch"
+
+
+@pytest.mark.parametrize("kind, precision, message", [
+    ("onnxruntime", "int8", "onnxruntime runs fp32, not int8"),
+    ("torch", "fp16", "torch runs fp32, bf16, not fp16"),
+    ("tensorrt", "fp32", "unknown backend 'tensorrt'"),
+])
+def test_unsupported_requests_are_refused(kind, precision, message):
+    with pytest.raises(EffnetError, match=message):
+        create_backend(kind, LITE0, None, precision)
+
+
+@pytest.mark.parametrize("module, kind, extra", [
+    ("openvino", "openvino", "openvino"),
+    ("onnxruntime", "onnxruntime", "onnx"),
+])
+def test_missing_engine_names_its_extra(module, kind, extra, monkeypatch, tmp_path):
+    monkeypatch.setitem(sys.modules, module, None)  # as if not installed
+    with pytest.raises(MissingEngineError, match=rf"pip install 'effnet\[{extra}\]'"):
+        create_backend(kind, LITE0, None, cache_root=tmp_path)
+    assert not any(tmp_path.iterdir())  # refused before exporting anything
+
+
+def test_missing_nncf_names_the_int8_extra(monkeypatch):
+    monkeypatch.setitem(sys.modules, "nncf", None)
+    with pytest.raises(MissingEngineError, match=r"pip install 'effnet\[int8\]'"):
+        require("nncf")
+
+
+def test_importing_effnet_needs_no_optional_engine():
+    code = ("import sys\n"
+            "for m in ('onnx', 'onnxruntime', 'openvino', 'nncf'): sys.modules[m] = None\n"
+            "import effnet, effnet.backends, effnet.export, effnet.cli\n"
+            "from effnet.backends import create_backend\n"
+            "print(type(create_backend('torch', 'efficientnet_b0', None)).__name__)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.strip() == "TorchBackend"
+
+
+# ---- int8 through the backend ------------------------------------------------------------------
+
+def test_openvino_int8_backend(lite0_weights, photo_arrays, crops, reference, tmp_path, cache_root):
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    for i in range(40):  # calibration: random crops and mirror images of the photos
+        a = list(photo_arrays.values())[i % len(photo_arrays)]
+        h, w = a.shape[:2]
+        y, x = rng.integers(0, h // 3), rng.integers(0, w // 3)
+        Image.fromarray(np.ascontiguousarray(a[y:, x:][:, ::-1 if i % 2 else 1])).save(tmp_path / f"{i:02d}.jpg")
+    backend = create_backend("openvino", LITE0, lite0_weights, "int8", calibration=tmp_path, cache_root=cache_root)
+    assert backend.precision == "int8"
+    probs = backend.predict(crops)
+    assert list(probs.argmax(1)[:2]) == [967, 872]
+    assert 1e-4 < np.abs(probs - reference).max() < 0.2  # really quantised, still close
+    with pytest.raises(EffnetError, match="calibration"):
+        create_backend("openvino", LITE0, lite0_weights, "int8", cache_root=cache_root)

@@ -1,0 +1,281 @@
+"""Export: the card's ONNX and OpenVINO IR contracts, parity with PyTorch, static pads, INT8 agreement.
+
+Parity runs on random weights given realistic BatchNorm statistics and a confident classifier (see
+`realistic`), so probabilities are peaked and any graph mistake shows; INT8 runs on the real Lite0
+weights and real photos. One B7 export (the card's model) goes through the whole pipeline.
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from torch import nn
+
+from effnet.cli import main
+from effnet.errors import EffnetError
+from effnet.export import ParityError, export_model, export_onnx
+from effnet.export.metadata import describe
+from effnet.export.onnx import computed_pads, run_onnx
+from effnet.export.openvino import bgr_nchw, convert_onnx, rt_info, run_ir, save_ir
+from effnet.export.verify import compare, normalized_nchw, torch_probabilities
+from effnet.model import EfficientNet, build_model
+from effnet.preprocess import center_crop, load_image
+from effnet.weights import preprocess_config
+
+onnx = pytest.importorskip("onnx")
+ov = pytest.importorskip("openvino")
+
+B0 = "efficientnet_b0"
+LITE0 = "efficientnet_lite0"
+
+
+def crops_for(name: str, photos: dict[str, np.ndarray]) -> np.ndarray:
+    config = preprocess_config(name)
+    return np.stack([center_crop(load_image(a), config) for a in photos.values()])
+
+
+def realistic(model: EfficientNet, crops: np.ndarray, name: str, seed: int = 0) -> EfficientNet:
+    """Random weights that behave like trained ones: BatchNorm statistics measured on real photos (one
+    train-mode pass, cumulative averages) and classifier logits scaled to a spread of ~6, so softmax
+    is peaked and a wrong channel order or normalisation moves probabilities by far more than 1e-4."""
+    torch.manual_seed(seed)
+    for m in model.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            m.reset_running_stats()
+            m.momentum = None
+    x = torch.from_numpy(normalized_nchw(np.concatenate([crops, crops[:, :, ::-1]]), preprocess_config(name)))
+    with torch.no_grad():
+        model.train()
+        model.forward_features(x)
+        model.eval()
+        model.classifier.weight *= 6.0 / model(x).std().item()
+    return model
+
+
+@pytest.fixture(scope="module")
+def b0_crops(photo_arrays) -> np.ndarray:
+    return crops_for(B0, photo_arrays)
+
+
+@pytest.fixture(scope="module")
+def b0(b0_crops) -> EfficientNet:
+    return realistic(build_model(B0, 224), b0_crops, B0)
+
+
+@pytest.fixture(scope="module")
+def b0_onnx(b0, tmp_path_factory):
+    path = tmp_path_factory.mktemp("onnx") / "b0.onnx"
+    return export_onnx(b0, path, batch=None, metadata=describe(B0, preprocess_config(B0), color="RGB", folded=False))
+
+
+@pytest.fixture(scope="module")
+def b0_ir(b0_onnx, tmp_path_factory):
+    config = preprocess_config(B0)
+    model = convert_onnx(b0_onnx, config, describe(B0, config, color="BGR", folded=True))
+    return save_ir(model, tmp_path_factory.mktemp("ir") / "b0.xml")
+
+
+def test_realistic_weights_make_confident_predictions(b0, b0_crops):
+    # The parity tests below are only meaningful if probabilities are far from uniform.
+    probs = torch_probabilities(b0, b0_crops, preprocess_config(B0))
+    assert probs.max(1).min() > 0.05
+
+
+# ---- ONNX ---------------------------------------------------------------------------------------
+
+def test_onnx_contract(b0_onnx):
+    proto = onnx.load(str(b0_onnx))
+    onnx.checker.check_model(proto, full_check=True)
+    (data,), (prob,) = proto.graph.input, proto.graph.output
+    assert data.name == "data" and prob.name == "prob"
+    dims = lambda v: [d.dim_value or d.dim_param for d in v.type.tensor_type.shape.dim]  # noqa: E731
+    assert dims(data) == ["batch", 3, 224, 224] and dims(prob) == ["batch", 1000]
+    assert proto.graph.node[-1].op_type == "Softmax"  # `prob` are probabilities, not logits
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert meta["model_name"] == B0 and meta["color_order"] == "RGB"
+    assert max(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")) >= 13
+
+
+def test_onnx_pads_are_constants(b0, b0_onnx, tmp_path):
+    proto = onnx.load(str(b0_onnx))
+    pads = [n for n in proto.graph.node if n.op_type == "Pad"]
+    # B0 at 224: the stem and four stride-2 depthwise convs pad asymmetrically; everything else is
+    # symmetric and lives inside Conv's own `pads` attribute.
+    assert len(pads) == 5
+    assert computed_pads(proto) == []
+    assert not any(n.op_type in ("Shape", "ConstantOfShape", "Slice", "Concat") for n in proto.graph.node)
+    # The check itself can fail: the exporter's raw output computes its pads through a subgraph.
+    raw = tmp_path / "raw.onnx"
+    import warnings
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(b0, (torch.zeros(1, 3, 224, 224),), str(raw), dynamo=False, opset_version=17)
+    assert len(computed_pads(onnx.load(str(raw)))) == 5
+
+
+def test_onnx_matches_pytorch(b0, b0_onnx, b0_crops):
+    assert not b0.training  # exporting must not leave the model in training mode
+    config = preprocess_config(B0)
+    reference = torch_probabilities(b0, b0_crops, config)
+    agreement = compare(reference, run_onnx(b0_onnx, normalized_nchw(b0_crops, config)))
+    assert agreement.max_abs_diff < 1e-4 and agreement.top1 == 1.0
+
+
+def test_export_needs_static_pads(tmp_path):
+    with pytest.raises(ValueError, match="set_input_size"):
+        export_onnx(build_model(B0), tmp_path / "x.onnx")
+
+
+# ---- OpenVINO IR --------------------------------------------------------------------------------
+
+def test_ir_contract(b0_ir):
+    model = ov.Core().read_model(b0_ir)
+    (data,), (prob,) = model.inputs, model.outputs
+    assert data.get_names() == {"data"} and prob.get_names() == {"prob"}
+    assert str(data.get_partial_shape()) == "[?,3,224,224]" and data.get_element_type() == ov.Type.f32
+    assert str(prob.get_partial_shape()) == "[?,1000]"
+    assert rt_info(model, "model_name") == B0
+    assert rt_info(model, "color_order") == "BGR"
+    assert rt_info(model, "precision") == "fp32"
+    import json
+    assert len(json.loads(rt_info(model, "labels"))) == 1000
+    assert json.loads(rt_info(model, "mean_values")) == [123.675, 116.28, 103.53]
+    weights = [op for op in model.get_ordered_ops() if op.get_type_name() == "Constant" and op.get_byte_size() > 4096]
+    assert weights and all(op.get_element_type() == ov.Type.f32 for op in weights)  # fp32 by default
+
+
+def test_ir_takes_raw_bgr_with_mean_and_scale_folded(b0, b0_ir, b0_crops):
+    reference = torch_probabilities(b0, b0_crops, preprocess_config(B0))
+    agreement = compare(reference, run_ir(b0_ir, bgr_nchw(b0_crops)))
+    assert agreement.max_abs_diff < 1e-4 and agreement.top1 == 1.0
+    # Fed RGB, or normalised, it is wrong: the order and the folding are real.
+    rgb = np.ascontiguousarray(b0_crops.transpose(0, 3, 1, 2), dtype=np.float32)
+    assert np.abs(run_ir(b0_ir, rgb) - reference).max() > 1e-2
+    normalised = normalized_nchw(b0_crops[..., ::-1], preprocess_config(B0))
+    assert np.abs(run_ir(b0_ir, normalised) - reference).max() > 1e-2
+
+
+def test_fp16_ir_stores_half_weights(b0_onnx, b0_ir, b0, b0_crops, tmp_path):
+    xml = save_ir(convert_onnx(b0_onnx, preprocess_config(B0)), tmp_path / "b0-fp16.xml", "fp16")
+    assert xml.with_suffix(".bin").stat().st_size < 0.6 * b0_ir.with_suffix(".bin").stat().st_size
+    model = ov.Core().read_model(xml)
+    assert any(op.get_element_type() == ov.Type.f16 for op in model.get_ordered_ops() if op.get_type_name() == "Constant")
+    reference = torch_probabilities(b0, b0_crops, preprocess_config(B0))
+    assert compare(reference, run_ir(xml, bgr_nchw(b0_crops))).top1 == 1.0
+
+
+# ---- the pipeline (`effnet export`) ------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def b0_weights(b0, tmp_path_factory):
+    path = tmp_path_factory.mktemp("w") / "b0-realistic.pth"
+    torch.save(b0.state_dict(), path)
+    return path
+
+
+def test_export_model_writes_and_verifies_both(b0_weights, tmp_path):
+    results = export_model(B0, b0_weights, output=tmp_path, formats=("onnx", "openvino"), batch=1)
+    assert [(r.format, r.precision, r.path.name) for r in results] == [
+        ("onnx", "fp32", f"{B0}.onnx"), ("openvino", "fp32", f"{B0}.xml")]
+    for r in results:
+        assert r.path.exists() and r.agreement is not None and r.agreement.max_abs_diff < 1e-4
+    assert str(ov.Core().read_model(results[1].path).inputs[0].get_partial_shape()) == "[1,3,224,224]"
+
+
+def test_export_fails_when_parity_breaks(b0_weights, tmp_path, monkeypatch):
+    import effnet.export.pipeline as pipeline
+
+    monkeypatch.setattr(pipeline, "run_onnx", lambda path, x: np.roll(run_onnx(path, x), 1, axis=1))
+    with pytest.raises(ParityError, match="differs from PyTorch"):
+        export_model(B0, b0_weights, output=tmp_path, formats=("onnx",))
+
+
+@pytest.mark.parametrize("formats, precision, calibration, message", [
+    (("onnx",), "int8", None, "needs --format openvino"),
+    (("openvino",), "int8", None, "needs --calibration"),
+    (("tflite",), "fp32", None, "unknown format"),
+])
+def test_export_refuses_impossible_requests(formats, precision, calibration, message, tmp_path):
+    with pytest.raises(EffnetError, match=message):
+        export_model(B0, None, output=tmp_path, formats=formats, precision=precision, calibration=calibration)
+
+
+def test_cli_export(lite0_weights, tmp_path, capsys):
+    assert main(["export", "--model", LITE0, "--weights", str(lite0_weights), "--format", "onnx,openvino",
+                 "--batch", "dynamic", "--output", str(tmp_path)]) == 0
+    out = capsys.readouterr().out
+    assert f"onnx fp32: {tmp_path / (LITE0 + '.onnx')}" in out and "max |dp|" in out
+    assert str(ov.Core().read_model(tmp_path / f"{LITE0}.xml").inputs[0].get_partial_shape()) == "[?,3,224,224]"
+    assert main(["export", "--model", LITE0, "--weights", str(lite0_weights), "--format", "openvino",
+                 "--precision", "int8", "--output", str(tmp_path)]) == 1
+    assert "--calibration" in capsys.readouterr().err
+
+
+def test_b7_export_matches_pytorch(photo_arrays, tmp_path):
+    """The card's model, once: static pads at 600, ONNX and IR both within 1e-4 of PyTorch."""
+    name = "efficientnet_b7"
+    crops = crops_for(name, {k: photo_arrays[k] for k in ("coffee", "chelsea")})
+    model = realistic(build_model(name, 600), crops, name)
+    weights = tmp_path / "b7-realistic.pth"
+    torch.save(model.state_dict(), weights)
+    del model
+    results = export_model(name, weights, output=tmp_path / "out", formats=("onnx", "openvino"))
+    for r in results:
+        print(f"B7 {r.format}: {r.agreement}")
+        assert r.agreement.max_abs_diff < 1e-4 and r.agreement.top1 == 1.0
+    proto = onnx.load(str(results[0].path), load_external_data=False)
+    assert computed_pads(proto) == [] and sum(n.op_type == "Pad" for n in proto.graph.node) >= 1
+    assert [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 600, 600]
+
+
+# ---- INT8 -----------------------------------------------------------------------------------------
+
+def augmented_views(photos: dict[str, np.ndarray], count: int, seed: int) -> list[np.ndarray]:
+    """Random crops (45-100 % of each side) and mirror images of real photos."""
+    rng = np.random.default_rng(seed)
+    base = list(photos.values())
+    views = []
+    for i in range(count):
+        a = base[i % len(base)]
+        h, w = a.shape[:2]
+        s = rng.uniform(0.45, 1.0)
+        ch, cw = int(h * s), int(w * s)
+        y, x = rng.integers(0, h - ch + 1), rng.integers(0, w - cw + 1)
+        view = a[y:y + ch, x:x + cw]
+        views.append(np.ascontiguousarray(view[:, ::-1] if rng.random() < 0.5 else view))
+    return views
+
+
+@pytest.fixture(scope="module")
+def calibration_dir(photo_arrays, tmp_path_factory):
+    import skimage.data as data
+
+    more = dict(photo_arrays, motorcycle=data.stereo_motorcycle()[0], hubble=data.hubble_deep_field(),
+                ihc=data.immunohistochemistry(), coins=np.stack([data.coins()] * 3, -1))
+    folder = tmp_path_factory.mktemp("calibration")
+    for i, view in enumerate(augmented_views(more, 100, seed=0)):
+        Image.fromarray(view).save(folder / f"{i:03d}.jpg", quality=92)
+    return folder
+
+
+def test_int8_lite0_agrees_with_fp32(lite0_weights, calibration_dir, photo_arrays, tmp_path):
+    (result,) = export_model(LITE0, lite0_weights, output=tmp_path, formats=("openvino",), precision="int8",
+                             calibration=calibration_dir)
+    print(f"Lite0 int8 vs fp32, held-out views: {result.agreement}")
+    assert result.path.name == f"{LITE0}-int8.xml" and result.agreement.count == 20
+    assert result.agreement.top1 >= 0.6 and result.agreement.top5 >= 0.9
+    model = ov.Core().read_model(result.path)
+    assert sum(op.get_type_name() == "FakeQuantize" for op in model.get_ordered_ops()) > 20
+    # The whole photos, which it never saw whole: fp32's answer wherever fp32 is not torn between two
+    # classes (chelsea is tiger cat 0.39 vs Egyptian cat 0.36: a coin flip at any precision).
+    config = preprocess_config(LITE0)
+    crops = crops_for(LITE0, photo_arrays)
+    from effnet.api import create_model
+    reference = torch_probabilities(create_model(LITE0, lite0_weights), crops, config)
+    probs = run_ir(result.path, bgr_nchw(crops))
+    print(f"Lite0 int8 vs fp32, whole photos: {compare(reference, probs)}")
+    top2 = np.sort(reference, axis=1)[:, -2:]
+    clear = top2[:, 1] - top2[:, 0] > 0.05
+    assert clear.sum() >= 3 and np.array_equal(probs[clear].argmax(1), reference[clear].argmax(1))
+    assert list(probs.argmax(1)[:2]) == [967, 872]  # coffee: espresso, camera: tripod
