@@ -10,10 +10,9 @@ from typing import NamedTuple, TypeVar
 
 import numpy as np
 
-from .api import Weights, create_model
+from .api import Weights
 from .arch import DEFAULT_MODEL
-from .backends.base import Backend
-from .backends.torch_backend import TorchBackend
+from .backends import Backend, create_backend
 from .errors import EffnetError
 from .labels import imagenet_labels
 from .preprocess import ImageSource, center_crop, load_image
@@ -62,11 +61,16 @@ class Classifier:
     """
 
     def __init__(self, name: str = DEFAULT_MODEL, weights: Weights = "imagenet", *,
-                 backend: Backend | None = None, batch_size: int = 8, exif_transpose: bool = True,
-                 decode_workers: int | None = None) -> None:
+                 backend: str | Backend = "torch", precision: str = "fp32",
+                 calibration: str | os.PathLike | None = None, batch_size: int = 8,
+                 exif_transpose: bool = True, decode_workers: int | None = None) -> None:
+        """`backend`: an engine name (torch, onnxruntime, openvino, auto) run at `precision`, or a
+        ready Backend. `calibration`: an image folder, for int8."""
         self.name = name
         self.config = preprocess_config(name)
-        self.backend = backend or TorchBackend(create_model(name, weights), self.config)
+        if isinstance(backend, str):
+            backend = create_backend(backend, name, weights, precision, calibration=calibration)
+        self.backend = backend
         self.batch_size = batch_size
         self.exif_transpose = exif_transpose
         self.decode_workers = decode_workers or min(4, os.cpu_count() or 1)

@@ -405,12 +405,8 @@ def configurations(backends: Sequence[str], precisions: Sequence[str]) -> list[C
 def build_classifier(model: str, weights: Weights, configuration: Configuration = Configuration(),
                      batch_size: int = 8, calibration: str | os.PathLike | None = None) -> Classifier:
     """A Classifier for one column of the table, preprocessing exactly as the accuracy checker does."""
-    if configuration == Configuration():
-        return Classifier(model, weights, batch_size=batch_size, exif_transpose=False)
-    from .backends import create_backend
-
-    backend = create_backend(configuration.backend, model, weights, configuration.precision, calibration=calibration)
-    return Classifier(model, weights, backend=backend, batch_size=batch_size, exif_transpose=False)
+    return Classifier(model, weights, backend=configuration.backend, precision=configuration.precision,
+                      calibration=calibration, batch_size=batch_size, exif_transpose=False)
 
 
 def evaluate(data: str | os.PathLike, *, model: str = DEFAULT_MODEL, weights: Weights = "imagenet",
