@@ -70,3 +70,19 @@ def test_broken_files_in_a_batch_are_reported_and_the_rest_classified(classifier
     tops = {o.source: o.predictions[0].index for o in outcomes if o.predictions}
     assert tops[str(good["coffee"])] == 967 and tops[str(good["camera"])] == 872
     assert 657 in [p.index for p in outcomes[-1].predictions]  # the rocket: missile
+
+
+def test_default_engine_is_the_fastest_installed(classifier):
+    from effnet.backends import default_precision
+
+    assert classifier.backend.name == "openvino"  # installed with effnet[all]
+    assert classifier.backend.precision == default_precision("openvino")
+
+
+@pytest.mark.parametrize("backend, precision", [("torch", "fp32"), ("torch", "bf16"), ("onnxruntime", "fp32"),
+                                                ("openvino", "fp32")])
+def test_every_engine_classifies_the_photos(lite0_weights, photo_files, backend, precision):
+    clf = Classifier("efficientnet_lite0", lite0_weights, backend=backend, precision=precision)
+    assert clf.backend.name == backend and clf.backend.precision == precision
+    results = clf.classify([photo_files["coffee"], photo_files["camera"]], top=1)
+    assert [r[0].index for r in results] == [967, 872]

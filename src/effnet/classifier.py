@@ -54,17 +54,19 @@ def bounded_map(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[
 
 
 class Classifier:
-    """ImageNet-1k classification with one of the family's models (B7, the card's, by default).
+    """ImageNet-1k classification with one of the family's models (B7, the card's, by default), on
+    the fastest installed engine by default (OpenVINO, when effnet[openvino] is installed).
 
     Photos are turned upright by their EXIF orientation first (`exif_transpose=False` keeps the
     accuracy checker's exact behaviour, as `effnet eval` does).
     """
 
     def __init__(self, name: str = DEFAULT_MODEL, weights: Weights = "imagenet", *,
-                 backend: str | Backend = "torch", precision: str = "fp32",
+                 backend: str | Backend = "auto", precision: str | None = None,
                  calibration: str | os.PathLike | None = None, batch_size: int = 8,
                  exif_transpose: bool = True, decode_workers: int | None = None) -> None:
-        """`backend`: an engine name (torch, onnxruntime, openvino, auto) run at `precision`, or a
+        """`backend`: an engine name (torch, onnxruntime, openvino, or auto: the fastest installed) run
+        at `precision` (None: the engine's default, bf16 for OpenVINO on CPUs that have it), or a
         ready Backend. `calibration`: an image folder, for int8."""
         self.name = name
         self.config = preprocess_config(name)
