@@ -64,8 +64,20 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top", type=_positive_int, default=5, metavar="K", help="predictions per image (default 5)")
     p.add_argument("--json", action="store_true", help="one JSON object per line")
     p.add_argument("--batch-size", type=_positive_int, default=8, metavar="N")
+    _engine_options(p)
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders of images")
     p.set_defaults(run=_run_classify)
+
+
+def _engine_options(parser: argparse.ArgumentParser) -> None:
+    from .backends import KINDS, PRECISIONS
+
+    parser.add_argument("--backend", choices=KINDS, default="torch",
+                        help="inference engine (default torch; auto: the fastest installed)")
+    precisions = list(dict.fromkeys(x for xs in PRECISIONS.values() for x in xs))
+    parser.add_argument("--precision", choices=precisions, default="fp32",
+                        help="fp32; bf16 (torch, openvino); fp16, int8 (openvino; int8 needs --calibration)")
+    parser.add_argument("--calibration", metavar="DIR", help="images to quantise an int8 model with")
 
 
 def _run_classify(args: argparse.Namespace) -> int:
@@ -74,7 +86,8 @@ def _run_classify(args: argparse.Namespace) -> int:
     files = expand_paths(args.paths)
     if not files:
         raise EffnetError(f"no images found in {' '.join(args.paths)}")
-    classifier = Classifier(args.model, args.weights, batch_size=args.batch_size)
+    classifier = Classifier(args.model, args.weights, backend=args.backend, precision=args.precision,
+                            calibration=args.calibration, batch_size=args.batch_size)
     failed = 0
     for outcome in _progress(classifier.classify_iter(files, top=args.top), len(files), "img"):
         if outcome.error is not None:
@@ -178,9 +191,154 @@ def _run_download(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- eval -------------------------------------------------------------------------------------
+
+def _comma_list(choices: list[str] | tuple[str, ...]) -> Callable[[str], list[str]]:
+    def parse(text: str) -> list[str]:
+        items = [t.strip() for t in text.split(",") if t.strip()]
+        if not items or any(item not in choices for item in items):
+            raise argparse.ArgumentTypeError(f"expected a comma-separated list of {', '.join(choices)}; got {text!r}")
+        return items
+    return parse
+
+
+def _add_eval(sub: argparse._SubParsersAction) -> None:
+    from .backends import KINDS, PRECISIONS
+
+    p = sub.add_parser("eval", help="top-1/top-5 accuracy on ImageNet-style data (the card's table)",
+                       description="Top-1/top-5 accuracy with 95 % Wilson intervals, one column per backend x "
+                                   "precision, beside the card's values. DATA: an image folder with val.txt "
+                                   "('<relative path> <class index>' lines), WordNet-ID sub-folders, or "
+                                   "LOC_val_solution.csv. Interrupted runs continue where they stopped.")
+    _model_option(p)
+    _weights_option(p)
+    p.add_argument("--backend", type=_comma_list(KINDS), default=["torch"], metavar="B[,B..]",
+                   help=f"{', '.join(KINDS)}; the first is the reference (default torch)")
+    precisions = list(dict.fromkeys(x for xs in PRECISIONS.values() for x in xs))
+    p.add_argument("--precision", type=_comma_list(precisions), default=["fp32"], metavar="P[,P..]",
+                   help=f"{', '.join(precisions)}; pairs no engine runs are skipped (default fp32)")
+    p.add_argument("--annotations", metavar="FILE", help="val.txt-style or LOC CSV labels for the images in DATA")
+    p.add_argument("--limit", type=_positive_int, metavar="N", help="a deterministic, class-stratified subset")
+    p.add_argument("--batch-size", type=_positive_int, default=8, metavar="N")
+    p.add_argument("--calibration", metavar="DIR", help="images to quantise int8 models with")
+    p.add_argument("--resume-dir", metavar="DIR", help="where per-image results are kept (default: effnet's cache)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--report", metavar="FILE", help="also write the table as Markdown")
+    p.add_argument("data", metavar="DATA", help="the labelled validation images")
+    p.set_defaults(run=_run_eval)
+
+
+def _run_eval(args: argparse.Namespace) -> int:
+    from .evaluate import configurations, evaluate
+
+    result = evaluate(args.data, model=args.model, weights=args.weights,
+                      configurations=configurations(args.backend, args.precision), annotations=args.annotations,
+                      limit=args.limit, batch_size=args.batch_size, calibration=args.calibration,
+                      resume_dir=args.resume_dir)
+    if args.report:
+        try:
+            Path(args.report).write_text(result.to_markdown(), encoding="utf-8")
+        except OSError as exc:
+            raise EffnetError(f"cannot write the report {args.report}: {exc.strerror or exc}") from exc
+    if args.json:
+        print(json.dumps(result.to_dict(), indent=2))
+    else:
+        print(result.to_markdown(max_failed=20), end="")
+    return 0
+
+
+# ---- bench ------------------------------------------------------------------------------------
+
+def _positive_float(text: str) -> float:
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _add_bench(sub: argparse._SubParsersAction) -> None:
+    from .backends import KINDS, PRECISIONS
+
+    p = sub.add_parser("bench", help="throughput and latency percentiles, engine-only or end to end",
+                       description="Benchmark a model: engine-only on random crops, or end to end from the image "
+                                   "files in --images (decode, preprocess, infer, top-k), cycling over the folder.")
+    _model_option(p)
+    p.add_argument("--weights", default="imagenet", metavar="imagenet|random|PATH",
+                   help="'imagenet' (official file), a .pth/.safetensors path, or 'random' (speed only, offline)")
+    p.add_argument("--backend", choices=KINDS, default="auto", help="engine (default auto: the fastest installed)")
+    precisions = list(dict.fromkeys(x for xs in PRECISIONS.values() for x in xs))
+    p.add_argument("--precision", choices=precisions, default=None,
+                   help="default: bf16 on OpenVINO where the CPU has it, else fp32")
+    p.add_argument("--batch", type=_positive_int, default=8, metavar="N", help="images per backend call (default 8)")
+    p.add_argument("--streams", type=_positive_int, default=None, metavar="N",
+                   help="OpenVINO CPU streams (default: what the hint picks)")
+    p.add_argument("--hint", choices=("THROUGHPUT", "LATENCY"), default="THROUGHPUT", help="OpenVINO performance hint")
+    p.add_argument("--threads", type=_positive_int, default=None, metavar="N", help="inference threads in all")
+    p.add_argument("--seconds", type=_positive_float, default=20.0, metavar="S", help="measured time (default 20)")
+    p.add_argument("--images", metavar="DIR", help="end to end from the image files in DIR instead of random crops")
+    p.add_argument("--decode-workers", type=_positive_int, default=None, metavar="N", help="decode threads (--images)")
+    p.add_argument("--calibration", metavar="DIR", help="images to quantise with (--precision int8)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(run=_run_bench)
+
+
+def _run_bench(args: argparse.Namespace) -> int:
+    from .bench import bench, format_report
+
+    result = bench(args.model, None if args.weights == "random" else args.weights, backend=args.backend,
+                   precision=args.precision, batch=args.batch, streams=args.streams, hint=args.hint,
+                   threads=args.threads, seconds=args.seconds, images=args.images, decode_workers=args.decode_workers,
+                   calibration=args.calibration)
+    print(json.dumps(result.to_dict(), indent=2) if args.json else format_report(result))
+    return 0
+
+
+# ---- export -----------------------------------------------------------------------------------
+
+def _add_export(sub: argparse._SubParsersAction) -> None:
+    from .export import FORMATS, PRECISIONS
+
+    p = sub.add_parser("export", help="write the card's ONNX and/or OpenVINO IR (fp32, fp16, int8), verified",
+                       description="ONNX: the card's original model (input 'data' normalised RGB, output 'prob'). "
+                                   "OpenVINO IR: the card's converted model (input 'data' raw 0-255 BGR, mean and "
+                                   "scale folded in). Each file is checked against PyTorch after it is written.")
+    _model_option(p)
+    _weights_option(p)
+    p.add_argument("--format", type=_comma_list(FORMATS), required=True, metavar="F[,F..]",
+                   help=f"{', '.join(FORMATS)}")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="the IR's: fp32 (default), fp16 weights, or int8 (NNCF, needs --calibration); ONNX is fp32")
+    p.add_argument("--batch", default="1", choices=("1", "dynamic"), help="batch axis: 1 (the card's) or dynamic")
+    p.add_argument("--calibration", metavar="DIR",
+                   help="photos for int8 calibration (every fifth is kept back to measure agreement)")
+    p.add_argument("--calibration-size", type=_positive_int, default=300, metavar="N",
+                   help="images used to calibrate (default 300)")
+    p.add_argument("--output", required=True, metavar="DIR", help="where the files are written")
+    p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
+                   help="compare with PyTorch after writing; fp32 must match within 1e-4 (default on)")
+    p.set_defaults(run=_run_export)
+
+
+def _run_export(args: argparse.Namespace) -> int:
+    from .export import export_model
+
+    results = export_model(args.model, args.weights, output=args.output, formats=args.format,
+                           precision=args.precision, batch=None if args.batch == "dynamic" else 1,
+                           calibration=args.calibration, subset_size=args.calibration_size, verify=args.verify,
+                           log=lambda line: print(f"effnet: {line}", file=sys.stderr, flush=True))
+    for result in results:
+        print(f"{result.format} {result.precision}: {result.path}")
+        if result.agreement is not None:
+            print(f"  vs PyTorch fp32 on {result.agreement}")
+            if result.precision == "int8" and result.agreement.top1 < 0.995:
+                print("  (below the 99.5 % top-1 target: calibrate on more, and more typical, photos)")
+    return 0
+
+
 # ---- main -------------------------------------------------------------------------------------
 
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_classify, _add_info, _add_download]
+SUBCOMMANDS: list[Callable[[argparse._SubParsersAction], None]] = [_add_classify, _add_info, _add_download, _add_eval, _add_bench,
+                                                                    _add_export]
 
 
 def build_parser() -> argparse.ArgumentParser:

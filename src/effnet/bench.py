@@ -1,0 +1,468 @@
+"""Latency percentiles and throughput in OpenVINO benchmark_app's vocabulary, two ways:
+
+- engine-only: random uint8 crops straight into a backend (what benchmark_app measures, plus the
+  backend's own input conversion, which for OpenVINO runs inside the compiled graph);
+- end to end: files from a folder, cycled, through `Classifier.classify_iter` (decode, resize, crop,
+  infer, top-k), the way a user classifies a folder.
+
+Bench talks only to backends and the Classifier. Numbers on a shared machine are only as good as the
+CPU the process got: the result carries the load average and this process's CPU share so that a
+noisy run shows itself.
+"""
+from __future__ import annotations
+
+import os
+import platform
+import sys
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import asdict, dataclass, field
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+
+from .arch import DEFAULT_MODEL
+from .backends.base import Backend
+from .datasets import IMAGE_SUFFIXES
+from .errors import EffnetError
+
+__all__ = ["BenchResult", "Measurement", "bench", "bench_end_to_end", "bench_engine", "format_report",
+           "machine_info", "measure", "percentiles"]
+
+# CPU features that decide which kernels the engines pick (Linux /proc/cpuinfo names).
+ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16",
+             "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
+LIBRARIES = ("effnet", "numpy", "pillow", "torch", "onnxruntime", "openvino")
+PERCENTILES = (50, 90, 99)
+
+
+# ---- measuring --------------------------------------------------------------------------------
+
+def percentiles(samples_s: Sequence[float]) -> dict[str, float]:
+    """p50/p90/p99 (plus mean, min, max) in milliseconds of samples given in seconds.
+
+    Percentiles use the nearest-rank rule (benchmark_app's: a value that was actually measured), so
+    they are ordered p50 <= p90 <= p99 by construction.
+    """
+    if not samples_s:
+        return {**{f"p{p}": float("nan") for p in PERCENTILES}, "mean": float("nan"), "min": float("nan"),
+                "max": float("nan")}
+    ms = np.sort(np.asarray(samples_s, dtype=np.float64)) * 1000.0
+    out = {f"p{p}": float(ms[max(0, int(np.ceil(p / 100 * len(ms))) - 1)]) for p in PERCENTILES}
+    out.update(mean=float(ms.mean()), min=float(ms[0]), max=float(ms[-1]))
+    return out
+
+
+@dataclass(frozen=True)
+class Measurement:
+    """What a timed loop saw: images done, wall time, per-step latencies, and the CPU it got."""
+
+    images: int
+    wall_s: float
+    latencies_s: list[float]
+    cpu_s: float  # this process's user + system CPU time over the run
+
+    @property
+    def throughput(self) -> float:
+        return self.images / self.wall_s if self.wall_s > 0 else 0.0
+
+    @property
+    def cpu_share(self) -> float:
+        """Fraction of the machine's cores this process kept busy: well under 1 on a 2-core box
+        means someone else had the CPU (or the pipeline starved)."""
+        cores = _cores()
+        return self.cpu_s / (self.wall_s * cores) if self.wall_s > 0 else 0.0
+
+
+def _cpu_time() -> float:
+    t = os.times()
+    return t.user + t.system
+
+
+def measure(step: Callable[[], int], seconds: float, *, warmup: int = 1, min_steps: int = 1) -> Measurement:
+    """Call `step` (one unit of work returning how many images it did) until `seconds` have passed.
+
+    `warmup` calls come first and are not counted (first inferences allocate and tune).
+    """
+    for _ in range(warmup):
+        step()
+    latencies: list[float] = []
+    images = 0
+    cpu0 = _cpu_time()
+    start = now = time.perf_counter()
+    while now - start < seconds or len(latencies) < min_steps:
+        t0 = time.perf_counter()
+        images += step()
+        now = time.perf_counter()
+        latencies.append(now - t0)
+    return Measurement(images, now - start, latencies, _cpu_time() - cpu0)
+
+
+def bench_engine(backend: Backend, input_size: int, *, batch: int = 1, seconds: float = 20.0,
+                 warmup: int = 1, seed: int = 0) -> Measurement:
+    """Engine-only: `backend.predict` on the same random (batch, S, S, 3) uint8 crops, over and over.
+
+    Latency is per predict call (one batch), as benchmark_app reports per infer request.
+    """
+    crops = np.random.default_rng(seed).integers(0, 256, (batch, input_size, input_size, 3), dtype=np.uint8)
+
+    def step() -> int:
+        backend.predict(crops)
+        return batch
+
+    return measure(step, seconds, warmup=warmup)
+
+
+class _TimedBackend:
+    """A backend wrapper that records how long each predict call took (inference latency)."""
+
+    def __init__(self, backend: Backend) -> None:
+        self.inner = backend
+        self.name = backend.name
+        self.precision = backend.precision
+        self.calls: list[float] = []
+
+    def predict(self, crops: np.ndarray) -> np.ndarray:
+        t0 = time.perf_counter()
+        out = self.inner.predict(crops)
+        self.calls.append(time.perf_counter() - t0)
+        return out
+
+
+@dataclass
+class EndToEnd:
+    measurement: Measurement  # latencies: per image, from handing its path to the pipeline to its result
+    infer_latencies_s: list[float]  # per backend call (one batch)
+    errors: dict[str, str]  # unreadable file -> the message (each reported once, however often it cycled)
+    failed: int  # outcomes that were errors, cycles included
+
+
+def bench_end_to_end(classifier, files: Sequence[str | os.PathLike[str]], *, seconds: float = 20.0,
+                     warmup: bool = True, top: int = 5) -> EndToEnd:
+    """End to end: cycle over `files` through `classifier.classify_iter` for `seconds`.
+
+    Decode runs in the classifier's worker threads while the backend infers, as in real use. A file
+    that cannot be read is counted and reported, and the run goes on.
+    """
+    files = [os.fspath(f) for f in files]
+    if not files:
+        raise EffnetError("no files to benchmark")
+    timed = _TimedBackend(classifier.backend)
+    classifier.backend = timed
+    try:
+        if warmup:  # one batch, so first-call costs (allocation, kernel selection) stay out of the numbers
+            for _ in classifier.classify_iter([files[i % len(files)] for i in range(classifier.batch_size)], top=top):
+                pass
+        timed.calls.clear()
+        handed: deque[float] = deque()  # when each source was pulled into the pipeline; outcomes come in order
+        deadline = [0.0]
+
+        def sources() -> Iterator[str]:
+            i = 0
+            while time.perf_counter() < deadline[0]:
+                handed.append(time.perf_counter())
+                yield files[i % len(files)]
+                i += 1
+
+        latencies: list[float] = []
+        errors: dict[str, str] = {}
+        failed = images = 0
+        cpu0 = _cpu_time()
+        start = time.perf_counter()
+        deadline[0] = start + seconds
+        for outcome in classifier.classify_iter(sources(), top=top):
+            done = time.perf_counter()
+            began = handed.popleft()
+            if outcome.error is not None:
+                failed += 1
+                errors.setdefault(outcome.source, outcome.error)
+                continue
+            images += 1
+            latencies.append(done - began)
+        wall = time.perf_counter() - start
+        return EndToEnd(Measurement(images, wall, latencies, _cpu_time() - cpu0), list(timed.calls), errors, failed)
+    finally:
+        classifier.backend = timed.inner
+
+
+def image_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """Image files under `folder` (by suffix, recursively, sorted); a file that is not there raises."""
+    root = Path(folder)
+    if not root.is_dir():
+        raise EffnetError(f"--images {folder}: not a folder; give a folder of JPEG/PNG files")
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if not files:
+        raise EffnetError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}")
+    return files
+
+
+# ---- the machine ------------------------------------------------------------------------------
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _cpuinfo() -> tuple[str, set[str]]:
+    """(CPU model name, ISA flags) from /proc/cpuinfo; platform's vaguer answer elsewhere."""
+    model, flags = "", set()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
+            for line in fh:
+                key, _, value = line.partition(":")
+                key = key.strip()
+                if key == "model name" and not model:
+                    model = value.strip()
+                elif key == "flags" and not flags:
+                    flags = set(value.split())
+                if model and flags:
+                    break
+    except OSError:
+        pass
+    return model or platform.processor() or platform.machine(), flags
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return metadata.version(dist)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def machine_info() -> dict:
+    """CPU model, cores, the ISA flags that matter to the engines, memory, load, library versions."""
+    model, flags = _cpuinfo()
+    info: dict = {
+        "cpu": model,
+        "cores": _cores(),
+        "logical_cpus": os.cpu_count(),
+        "isa": [f for f in ISA_FLAGS if f in flags],
+        "os": f"{platform.system()} {platform.release()}",
+        "python": platform.python_version(),
+        "versions": {lib: v for lib in LIBRARIES if (v := _version(lib)) is not None},
+    }
+    try:
+        with open("/proc/meminfo", encoding="utf-8") as fh:
+            kb = int(next(line for line in fh if line.startswith("MemTotal")).split()[1])
+        info["memory_gib"] = round(kb / 2**20, 1)
+    except (OSError, StopIteration, ValueError):
+        pass
+    if "openvino" in sys.modules:  # only if already loaded: asking must not import an engine
+        try:
+            info["openvino_cpu_capabilities"] = sys.modules["openvino"].Core().get_property(
+                "CPU", "OPTIMIZATION_CAPABILITIES")
+        except Exception:  # noqa: BLE001 - a description, never a reason to fail a benchmark
+            pass
+    return info
+
+
+def _load() -> float | None:
+    try:
+        return round(os.getloadavg()[0], 2)
+    except (AttributeError, OSError):
+        return None
+
+
+def engine_settings(backend: Backend) -> dict:
+    """Threads/streams/hint as the engine actually chose them (not as asked)."""
+    out: dict = {}
+    compiled = getattr(backend, "compiled", None)  # OpenVINO
+    if compiled is not None:
+        for key, prop in (("hint", "PERFORMANCE_HINT"), ("streams", "NUM_STREAMS"),
+                          ("threads", "INFERENCE_NUM_THREADS"), ("inference_precision", "INFERENCE_PRECISION_HINT"),
+                          ("infer_requests", "OPTIMAL_NUMBER_OF_INFER_REQUESTS")):
+            try:
+                value = compiled.get_property(prop)
+            except Exception:  # noqa: BLE001 - an older or different plugin: report what it has
+                continue
+            out[key] = _plain(value)
+        static = getattr(backend, "static_batch", "n/a")
+        if static != "n/a":
+            out["request_batch"] = static if static is not None else "dynamic"
+        return out
+    session = getattr(backend, "session", None)  # ONNX Runtime
+    if session is not None:
+        threads = session.get_session_options().intra_op_num_threads
+        out["threads"] = threads or _cores()
+        out["streams"] = 1
+        return out
+    if backend.name == "torch":
+        import torch
+
+        out["threads"] = torch.get_num_threads()
+        out["streams"] = 1
+    return out
+
+
+def _plain(value):
+    """An OpenVINO property value as JSON-friendly data: ints stay, enums and types become short names."""
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    if hasattr(value, "to_string"):  # ov.Type: 'bf16', 'f32'
+        return value.to_string()
+    return str(value).rsplit(".", 1)[-1]  # PerformanceMode.THROUGHPUT -> THROUGHPUT
+
+
+# ---- the result -------------------------------------------------------------------------------
+
+@dataclass
+class BenchResult:
+    """One benchmark run; `to_dict()` is what `effnet bench --json` prints."""
+
+    mode: str  # "engine" (random crops) or "end-to-end" (files)
+    model: str
+    backend: str
+    precision: str
+    batch: int  # images per backend call
+    throughput_ips: float
+    latency_ms: dict[str, float]  # engine: per backend call; end-to-end: per image, file handed -> result
+    images: int
+    seconds: float
+    engine: dict = field(default_factory=dict)  # hint, streams, threads as the engine set them
+    infer_latency_ms: dict[str, float] | None = None  # end-to-end: per backend call
+    files: int | None = None
+    failed: int = 0
+    errors: dict[str, str] = field(default_factory=dict)
+    decode_workers: int | None = None
+    cpu_share: float | None = None
+    load_before: float | None = None
+    load_after: float | None = None
+    machine: dict = field(default_factory=dict)
+
+    @property
+    def streams(self) -> int | None:
+        return self.engine.get("streams")
+
+    @property
+    def threads(self) -> int | None:
+        return self.engine.get("threads")
+
+    def to_dict(self) -> dict:
+        out = asdict(self)
+        out["streams"], out["threads"] = self.streams, self.threads
+        return out
+
+
+def default_precision(kind: str) -> str:
+    """bf16 where the engine and this CPU have it (OpenVINO's own CPU default), fp32 otherwise."""
+    if kind != "openvino":
+        return "fp32"
+    from .export.optional import require
+
+    capabilities = require("openvino").Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    return "bf16" if "BF16" in capabilities else "fp32"
+
+
+def make_backend(kind: str, name: str, weights, precision: str | None, *, hint: str = "THROUGHPUT",
+                 streams: int | None = None, threads: int | None = None, request_batch="auto",
+                 calibration=None, cache_root=None) -> Backend:
+    """A backend through `backends.create_backend`; `streams` only where that engine takes it."""
+    import inspect
+
+    from .backends import create_backend, resolve_kind
+
+    kind = resolve_kind(kind, precision or "fp32")
+    precision = precision or default_precision(kind)
+    options: dict = {"batch": request_batch, "threads": threads, "cache_root": cache_root, "hint": hint}
+    if calibration is not None:
+        options["calibration"] = calibration
+    if streams is not None:
+        if kind != "openvino" or "streams" not in inspect.signature(create_backend).parameters:
+            raise EffnetError(f"--streams is not supported by the {kind} backend"
+                              + ("" if kind != "openvino" else " in this version (use --hint instead)"))
+        options["streams"] = streams
+    if kind == "torch":
+        options = {}  # eager PyTorch: no export, no engine options
+    return create_backend(kind, name, weights, precision, **options)
+
+
+def bench(name: str = DEFAULT_MODEL, weights="imagenet", *, backend: str = "auto", precision: str | None = None,
+          batch: int = 8, streams: int | None = None, hint: str = "THROUGHPUT", threads: int | None = None,
+          seconds: float = 20.0, images: str | os.PathLike[str] | None = None, decode_workers: int | None = None,
+          request_batch="auto", calibration: str | os.PathLike[str] | None = None, cache_root=None,
+          engine: Backend | None = None) -> BenchResult:
+    """Benchmark `name` on `backend` at `precision`: engine-only, or end to end over the `images` folder.
+
+    `batch` is the number of images per backend call (the Classifier's batch size); an OpenVINO
+    backend spreads one call over its infer requests (one per stream), so `batch` >= streams keeps
+    every stream busy. `request_batch`: the exported model's batch (create_backend's `batch`; "auto":
+    1 for OpenVINO, one image per infer request).
+    `engine`: an already built backend (then backend/precision/streams/threads are its own).
+    """
+    from .weights import preprocess_config
+
+    if seconds <= 0:
+        raise EffnetError(f"--seconds must be > 0, got {seconds}")
+    config = preprocess_config(name)
+    files = image_files(images) if images is not None else None
+    load_before = _load()
+    if engine is None:
+        engine = make_backend(backend, name, weights, precision, hint=hint, streams=streams, threads=threads,
+                              request_batch=request_batch, calibration=calibration, cache_root=cache_root)
+    settings = engine_settings(engine)
+    common = {"model": name, "backend": engine.name, "precision": engine.precision, "batch": batch,
+              "engine": settings}
+    if files is None:
+        m = bench_engine(engine, config.input_size, batch=batch, seconds=seconds)
+        result = BenchResult(mode="engine", throughput_ips=m.throughput, latency_ms=percentiles(m.latencies_s),
+                             images=m.images, seconds=m.wall_s, cpu_share=m.cpu_share, **common)
+    else:
+        from .classifier import Classifier
+
+        classifier = Classifier(name, weights, backend=engine, batch_size=batch, decode_workers=decode_workers)
+        run = bench_end_to_end(classifier, files, seconds=seconds)
+        m = run.measurement
+        result = BenchResult(mode="end-to-end", throughput_ips=m.throughput, latency_ms=percentiles(m.latencies_s),
+                             images=m.images, seconds=m.wall_s, cpu_share=m.cpu_share,
+                             infer_latency_ms=percentiles(run.infer_latencies_s), files=len(files),
+                             failed=run.failed, errors=run.errors, decode_workers=classifier.decode_workers,
+                             **common)
+    result.load_before, result.load_after = load_before, _load()
+    result.machine = machine_info()
+    return result
+
+
+# ---- the report -------------------------------------------------------------------------------
+
+def _ms(lat: dict[str, float]) -> str:
+    return "  ".join(f"p{p} {lat[f'p{p}']:.1f} ms" for p in PERCENTILES)
+
+
+def format_report(r: BenchResult) -> str:
+    """The human-readable report `effnet bench` prints."""
+    what = ("engine-only (random uint8 crops)" if r.mode == "engine"
+            else f"end to end ({r.files} files, decode + preprocess + infer + top-k)")
+    e = r.engine
+    lines = [f"effnet bench: {r.model}, {r.backend} {r.precision}, {what}",
+             f"  throughput  {r.throughput_ips:.3f} img/s  ({r.images} images in {r.seconds:.1f} s)"]
+    if r.mode == "engine":
+        lines.append(f"  latency     {_ms(r.latency_ms)}  (per call of {r.batch} images)")
+    else:
+        lines.append(f"  latency     {_ms(r.latency_ms)}  (per image, file handed over -> prediction)")
+        if r.infer_latency_ms:
+            lines.append(f"  inference   {_ms(r.infer_latency_ms)}  (per backend call of up to {r.batch} images)")
+        if r.failed:
+            lines.append(f"  unreadable  {len(r.errors)} file(s), {r.failed} failed attempts:")
+            lines.extend(f"    {msg}" for msg in r.errors.values())
+    parts = [f"hint {e['hint']}" if "hint" in e else None,
+             f"{e['streams']} stream(s)" if "streams" in e else None,
+             f"{e['threads']} thread(s)" if "threads" in e else None,
+             f"{e['infer_requests']} infer requests" if "infer_requests" in e else None,
+             f"request batch {e['request_batch']}" if "request_batch" in e else None,
+             f"computes in {e['inference_precision']}" if "inference_precision" in e else None,
+             f"{r.decode_workers} decode threads" if r.decode_workers else None]
+    lines.append(f"  engine      {', '.join(p for p in parts if p)}")
+    m = r.machine
+    lines.append(f"  machine     {m.get('cpu')}, {m.get('cores')} cores, {m.get('memory_gib', '?')} GiB; "
+                 f"{' '.join(m.get('isa', [])) or 'no AVX-512'}")
+    lines.append("  versions    " + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items())
+                 + f", python {m.get('python')}")
+    busy = r.load_before is not None and r.load_before > 0.5
+    share = f"this process used {100 * r.cpu_share:.0f}% of the CPU" if r.cpu_share is not None else ""
+    lines.append(f"  noise       load average {r.load_before} before, {r.load_after} after; {share}"
+                 + ("  (other work was running: numbers are noisy)" if busy else ""))
+    return "\n".join(lines)
