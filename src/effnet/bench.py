@@ -347,37 +347,16 @@ class BenchResult:
         return out
 
 
-def default_precision(kind: str) -> str:
-    """bf16 where the engine and this CPU have it (OpenVINO's own CPU default), fp32 otherwise."""
-    if kind != "openvino":
-        return "fp32"
-    from .export.optional import require
-
-    capabilities = require("openvino").Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
-    return "bf16" if "BF16" in capabilities else "fp32"
-
-
 def make_backend(kind: str, name: str, weights, precision: str | None, *, hint: str = "THROUGHPUT",
                  streams: int | None = None, threads: int | None = None, request_batch="auto",
                  calibration=None, cache_root=None) -> Backend:
-    """A backend through `backends.create_backend`; `streams` only where that engine takes it."""
-    import inspect
-
+    """A backend through `backends.create_backend`; `streams` is refused where the engine has none."""
     from .backends import create_backend, resolve_kind
 
-    kind = resolve_kind(kind, precision or "fp32")
-    precision = precision or default_precision(kind)
-    options: dict = {"batch": request_batch, "threads": threads, "cache_root": cache_root, "hint": hint}
-    if calibration is not None:
-        options["calibration"] = calibration
-    if streams is not None:
-        if kind != "openvino" or "streams" not in inspect.signature(create_backend).parameters:
-            raise EffnetError(f"--streams is not supported by the {kind} backend"
-                              + ("" if kind != "openvino" else " in this version (use --hint instead)"))
-        options["streams"] = streams
-    if kind == "torch":
-        options = {}  # eager PyTorch: no export, no engine options
-    return create_backend(kind, name, weights, precision, **options)
+    if streams is not None and resolve_kind(kind, precision) != "openvino":
+        raise EffnetError(f"--streams is an OpenVINO setting; the {kind} backend has no streams")
+    return create_backend(kind, name, weights, precision, batch=request_batch, calibration=calibration,
+                          hint=hint, streams=streams, threads=threads, cache_root=cache_root)
 
 
 def bench(name: str = DEFAULT_MODEL, weights="imagenet", *, backend: str = "auto", precision: str | None = None,

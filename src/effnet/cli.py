@@ -72,11 +72,12 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
 def _engine_options(parser: argparse.ArgumentParser) -> None:
     from .backends import KINDS, PRECISIONS
 
-    parser.add_argument("--backend", choices=KINDS, default="torch",
-                        help="inference engine (default torch; auto: the fastest installed)")
+    parser.add_argument("--backend", choices=KINDS, default="auto",
+                        help="inference engine (default auto: the fastest installed, OpenVINO with effnet[openvino])")
     precisions = list(dict.fromkeys(x for xs in PRECISIONS.values() for x in xs))
-    parser.add_argument("--precision", choices=precisions, default="fp32",
-                        help="fp32; bf16 (torch, openvino); fp16, int8 (openvino; int8 needs --calibration)")
+    parser.add_argument("--precision", choices=precisions, default=None,
+                        help="fp32; bf16 (torch, openvino); fp16, int8 (openvino; int8 needs --calibration); "
+                             "default: the engine's own, bf16 on OpenVINO where the CPU has it, else fp32")
     parser.add_argument("--calibration", metavar="DIR", help="images to quantise an int8 model with")
 
 

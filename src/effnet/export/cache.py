@@ -17,7 +17,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..api import Weights, create_model
-from ..weights import cache_dir, preprocess_config, weights_entry
+from ..weights import cache_dir, preprocess_config, resolve_weights
 from .metadata import describe
 from .onnx import export_onnx
 from .openvino import convert_onnx, save_ir, with_u8_rgb_input
@@ -33,13 +33,12 @@ def exports_dir(root: str | os.PathLike[str] | None = None) -> Path:
 
 
 def weights_key(name: str, weights: Weights, root: str | os.PathLike[str] | None = None) -> str | None:
-    """A digest naming the weights: the registry's sha256 (no need to read the file), else the file's.
-    None for random weights, which no later process can reproduce."""
+    """The sha256 of the weights file actually used (resolved first: a missing file is the user's
+    error, and "imagenet" may be served by more than one file). None for random weights, which no
+    later process can reproduce."""
     if weights is None:
         return None
-    if weights == "imagenet":
-        return weights_entry(name).sha256
-    return file_digest(weights, exports_dir(root) / "digests.json")
+    return file_digest(resolve_weights(name, weights), exports_dir(root) / "digests.json")
 
 
 def file_digest(path: str | os.PathLike[str], memo: Path) -> str:
