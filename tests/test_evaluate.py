@@ -74,7 +74,7 @@ LAYOUTS = {Layout.ANNOTATIONS: make_annotations, Layout.WNID_FOLDERS: make_wnid_
 
 @pytest.fixture(scope="module")
 def classifier(lite0_weights) -> Classifier:
-    return Classifier(MODEL, lite0_weights, batch_size=2, exif_transpose=False)
+    return Classifier(MODEL, lite0_weights, backend="torch", precision="fp32", batch_size=2, exif_transpose=False)
 
 
 @pytest.fixture
