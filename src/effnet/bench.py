@@ -25,7 +25,7 @@ import numpy as np
 
 from .arch import DEFAULT_MODEL
 from .backends.base import Backend
-from .datasets import IMAGE_SUFFIXES
+from .preprocess import IMAGE_SUFFIXES, image_files as list_images
 from .errors import EffnetError
 
 __all__ = ["BenchResult", "Measurement", "bench", "bench_end_to_end", "bench_engine", "format_report",
@@ -189,10 +189,9 @@ def bench_end_to_end(classifier, files: Sequence[str | os.PathLike[str]], *, sec
 
 def image_files(folder: str | os.PathLike[str]) -> list[Path]:
     """Image files under `folder` (by suffix, recursively, sorted); a file that is not there raises."""
-    root = Path(folder)
-    if not root.is_dir():
+    if not Path(folder).is_dir():
         raise EffnetError(f"--images {folder}: not a folder; give a folder of JPEG/PNG files")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = list_images(folder)
     if not files:
         raise EffnetError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}")
     return files

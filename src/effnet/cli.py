@@ -13,8 +13,6 @@ from pathlib import Path
 from .arch import DEFAULT_MODEL, list_models
 from .errors import EffnetError
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".pbm"}
-
 
 def _model_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL, choices=list_models(), metavar="NAME",
@@ -46,13 +44,11 @@ def _progress(items: Iterator, total: int, unit: str):
 
 def expand_paths(paths: list[str]) -> list[str]:
     """Files as given; directories become their image files, sorted (recursively)."""
+    from .preprocess import image_files
+
     out: list[str] = []
     for p in paths:
-        path = Path(p)
-        if path.is_dir():
-            out.extend(str(f) for f in sorted(path.rglob("*")) if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES)
-        else:
-            out.append(p)
+        out.extend(map(str, image_files(p)) if Path(p).is_dir() else [p])
     return out
 
 

@@ -19,12 +19,12 @@ from pathlib import Path
 
 from .errors import DatasetError
 from .labels import NUM_CLASSES, wnid_to_index
+from .preprocess import IMAGE_SUFFIXES
 
 ANNOTATIONS_FILE = "val.txt"
 LOC_SOLUTION_FILE = "LOC_val_solution.csv"
 # Where Kaggle's ImageNet download puts the validation JPEGs relative to LOC_val_solution.csv.
 KAGGLE_VAL_DIR = Path("ILSVRC", "Data", "CLS-LOC", "val")
-IMAGE_SUFFIXES = frozenset({".jpeg", ".jpg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif"})
 _SHOW = 5  # how many offending names an error message lists before "and N more"
 
 

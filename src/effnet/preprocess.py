@@ -25,6 +25,7 @@ import warnings
 from dataclasses import dataclass
 from enum import Enum
 from functools import lru_cache
+from pathlib import Path
 from typing import BinaryIO, Union
 
 import numpy as np
@@ -55,6 +56,15 @@ class PreprocessConfig:
 
 
 ImageSource = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
+
+# What counts as an image when a folder is given (classify, eval, bench, int8 calibration).
+IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
+                            ".pbm"})
+
+
+def image_files(folder: str | os.PathLike) -> list[Path]:
+    """The image files under `folder` (by suffix, recursively), sorted; empty if there are none."""
+    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
 
 _RESAMPLE = {
     Interpolation.BICUBIC: Image.Resampling.BICUBIC,

@@ -12,7 +12,8 @@ from tqdm import tqdm
 
 from ..arch import Activation, network_spec
 from ..errors import EffnetError, ImageError
-from ..preprocess import PreprocessConfig, center_crop, load_image
+from ..preprocess import IMAGE_SUFFIXES, PreprocessConfig, center_crop, load_image
+from ..preprocess import image_files as list_images
 from .openvino import bgr_nchw
 from .optional import require
 
@@ -20,7 +21,6 @@ if TYPE_CHECKING:
     import openvino as ov
 
 DEFAULT_SUBSET = 300  # NNCF's own default: enough for stable activation ranges on ImageNet models
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".ppm", ".gif"}
 
 
 def image_files(folder: str | os.PathLike[str]) -> list[Path]:
@@ -28,7 +28,7 @@ def image_files(folder: str | os.PathLike[str]) -> list[Path]:
     root = Path(folder)
     if not root.is_dir():
         raise EffnetError(f"calibration folder {root} does not exist or is not a folder")
-    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    files = list_images(root)
     if not files:
         raise EffnetError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {root}")
     return files
