@@ -66,12 +66,11 @@ def _add_classify(sub: argparse._SubParsersAction) -> None:
 
 
 def _engine_options(parser: argparse.ArgumentParser) -> None:
-    from .backends import KINDS, PRECISIONS
+    from .backends import ALL_PRECISIONS, KINDS
 
     parser.add_argument("--backend", choices=KINDS, default="auto",
                         help="inference engine (default auto: the fastest installed, OpenVINO with effnet[openvino])")
-    precisions = list(dict.fromkeys(x for xs in PRECISIONS.values() for x in xs))
-    parser.add_argument("--precision", choices=precisions, default=None,
+    parser.add_argument("--precision", choices=ALL_PRECISIONS, default=None,
                         help="fp32; bf16 (torch, openvino); fp16, int8 (openvino; int8 needs --calibration); "
                              "default: the engine's own, bf16 on OpenVINO where the CPU has it, else fp32")
     parser.add_argument("--calibration", metavar="DIR", help="images to quantise an int8 model with")
@@ -200,7 +199,7 @@ def _comma_list(choices: list[str] | tuple[str, ...]) -> Callable[[str], list[st
 
 
 def _add_eval(sub: argparse._SubParsersAction) -> None:
-    from .backends import KINDS, PRECISIONS
+    from .backends import ALL_PRECISIONS, KINDS
 
     p = sub.add_parser("eval", help="top-1/top-5 accuracy on ImageNet-style data (the card's table)",
                        description="Top-1/top-5 accuracy with 95 % Wilson intervals, one column per backend x "
@@ -211,9 +210,8 @@ def _add_eval(sub: argparse._SubParsersAction) -> None:
     _weights_option(p)
     p.add_argument("--backend", type=_comma_list(KINDS), default=["torch"], metavar="B[,B..]",
                    help=f"{', '.join(KINDS)}; the first is the reference (default torch)")
-    precisions = list(dict.fromkeys(x for xs in PRECISIONS.values() for x in xs))
-    p.add_argument("--precision", type=_comma_list(precisions), default=["fp32"], metavar="P[,P..]",
-                   help=f"{', '.join(precisions)}; pairs no engine runs are skipped (default fp32)")
+    p.add_argument("--precision", type=_comma_list(ALL_PRECISIONS), default=["fp32"], metavar="P[,P..]",
+                   help=f"{', '.join(ALL_PRECISIONS)}; pairs no engine runs are skipped (default fp32)")
     p.add_argument("--annotations", metavar="FILE", help="val.txt-style or LOC CSV labels for the images in DATA")
     p.add_argument("--limit", type=_positive_int, metavar="N", help="a deterministic, class-stratified subset")
     p.add_argument("--batch-size", type=_positive_int, default=8, metavar="N")
@@ -254,18 +252,13 @@ def _positive_float(text: str) -> float:
 
 
 def _add_bench(sub: argparse._SubParsersAction) -> None:
-    from .backends import KINDS, PRECISIONS
-
     p = sub.add_parser("bench", help="throughput and latency percentiles, engine-only or end to end",
                        description="Benchmark a model: engine-only on random crops, or end to end from the image "
                                    "files in --images (decode, preprocess, infer, top-k), cycling over the folder.")
     _model_option(p)
     p.add_argument("--weights", default="imagenet", metavar="imagenet|random|PATH",
                    help="'imagenet' (official file), a .pth/.safetensors path, or 'random' (speed only, offline)")
-    p.add_argument("--backend", choices=KINDS, default="auto", help="engine (default auto: the fastest installed)")
-    precisions = list(dict.fromkeys(x for xs in PRECISIONS.values() for x in xs))
-    p.add_argument("--precision", choices=precisions, default=None,
-                   help="default: bf16 on OpenVINO where the CPU has it, else fp32")
+    _engine_options(p)
     p.add_argument("--batch", type=_positive_int, default=8, metavar="N", help="images per backend call (default 8)")
     p.add_argument("--streams", type=_positive_int, default=None, metavar="N",
                    help="OpenVINO CPU streams (default: what the hint picks)")
@@ -274,7 +267,6 @@ def _add_bench(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seconds", type=_positive_float, default=20.0, metavar="S", help="measured time (default 20)")
     p.add_argument("--images", metavar="DIR", help="end to end from the image files in DIR instead of random crops")
     p.add_argument("--decode-workers", type=_positive_int, default=None, metavar="N", help="decode threads (--images)")
-    p.add_argument("--calibration", metavar="DIR", help="images to quantise with (--precision int8)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.set_defaults(run=_run_bench)
 

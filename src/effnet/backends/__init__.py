@@ -24,6 +24,7 @@ PRECISIONS: dict[str, tuple[str, ...]] = {
     "onnxruntime": ("fp32",),
     "openvino": ("fp32", "bf16", "fp16", "int8"),
 }
+ALL_PRECISIONS = tuple(dict.fromkeys(p for ps in PRECISIONS.values() for p in ps))  # fp32, bf16, fp16, int8
 _MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 
 
@@ -110,5 +111,5 @@ def create_backend(kind: str = "torch", name: str = DEFAULT_MODEL, weights: Weig
                            threads=threads)
 
 
-__all__ = ["KINDS", "PRECISIONS", "Backend", "available_backends", "create_backend", "default_precision",
+__all__ = ["ALL_PRECISIONS", "KINDS", "PRECISIONS", "Backend", "available_backends", "create_backend", "default_precision",
            "resolve_kind"]

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from ..model import EfficientNet
-from ..preprocess import PreprocessConfig
+from ..preprocess import PreprocessConfig, normalize
 
 FP32_TOLERANCE = 1e-4  # on probabilities; fp32 engines reorder sums, nothing more
 
@@ -28,10 +28,10 @@ class Agreement:
 
 
 def compare(reference: np.ndarray, candidate: np.ndarray) -> Agreement:
-    if reference.shape != candidate.shape:
-        raise ValueError(f"shapes differ: {reference.shape} vs {candidate.shape}")
     """Agreement of `candidate` with `reference`, both (N, classes): top-1/top-5 as if the reference's
     top-1 were the label."""
+    if reference.shape != candidate.shape:
+        raise ValueError(f"shapes differ: {reference.shape} vs {candidate.shape}")
     labels = reference.argmax(1)
     top1 = np.mean(candidate.argmax(1) == labels)
     top5 = np.mean(np.any(np.argsort(-candidate, axis=1)[:, :5] == labels[:, None], axis=1))
@@ -39,10 +39,9 @@ def compare(reference: np.ndarray, candidate: np.ndarray) -> Agreement:
 
 
 def normalized_nchw(crops: np.ndarray, config: PreprocessConfig) -> np.ndarray:
-    """uint8 (N, S, S, 3) RGB -> float32 (N, 3, S, S) (x - mean) / std: the card's ONNX/PyTorch input."""
-    mean = np.asarray(config.mean, np.float32)
-    std = np.asarray(config.std, np.float32)
-    return np.ascontiguousarray(((crops.astype(np.float32) - mean) / std).transpose(0, 3, 1, 2))
+    """uint8 (N, S, S, 3) RGB -> float32 (N, 3, S, S) (x - mean) / std: the card's ONNX/PyTorch input,
+    normalised exactly as preprocessing does."""
+    return np.stack([normalize(crop, config) for crop in crops])
 
 
 def torch_probabilities(model: EfficientNet, crops: np.ndarray, config: PreprocessConfig,
