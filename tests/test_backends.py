@@ -60,6 +60,22 @@ def test_backends_agree_with_pytorch_on_real_photos(kind, precision, tolerance, 
     clear = top2[:, 1] - top2[:, 0] > 0.05
     assert np.array_equal(probs[clear].argmax(1), reference[clear].argmax(1))
     assert list(probs.argmax(1)[:2]) == [967, 872]  # coffee: espresso, camera: tripod
+    assert backend.predict(crops[:0]).shape == (0, 1000)  # an empty batch (all of its files unreadable)
+
+
+@pytest.mark.parametrize("batch", [1, 2, None])
+def test_openvino_streams_batches_in_order(batch, lite0_weights, crops, reference, cache_root):
+    backend = create_backend("openvino", LITE0, lite0_weights, batch=batch, cache_root=cache_root)
+    picks = [[0, 1, 2], [], [3, 4, 0, 1, 2], [4], [2, 3]]  # sizes that split unevenly over the requests
+    out = list(backend.predict_stream(crops[p] for p in picks))
+    assert [len(o) for o in out] == [len(p) for p in picks]
+    for p, probs in zip(picks, out):
+        assert np.abs(probs - reference[p]).max(initial=0.0) < 1e-4
+    # A stream abandoned half way waits for its requests; the backend goes on working.
+    stream = backend.predict_stream(crops[p] for p in picks)
+    next(stream)
+    stream.close()
+    assert np.abs(backend.predict(crops) - reference).max() < 1e-4
 
 
 def test_openvino_takes_uint8_rgb_crops_and_any_batch(lite0_weights, crops, reference, cache_root):
@@ -83,7 +99,7 @@ def test_openvino_fixed_and_dynamic_batch_irs(batch, lite0_weights, crops, refer
 def test_second_creation_hits_the_cache(lite0_weights, crops, tmp_path, monkeypatch):
     first = create_backend("openvino", LITE0, lite0_weights, cache_root=tmp_path)
     (entry,) = [p for p in (tmp_path / "exports").iterdir() if p.is_dir()]
-    assert entry.name.startswith(f"{LITE0}-") and "openvino_u8-fp32-b1-v" in entry.name
+    assert entry.name.startswith(f"{LITE0}-") and "openvino_engine-fp32-b1-v" in entry.name
     assert any((tmp_path / "openvino").iterdir())  # OpenVINO's compiled blob
     assert str(lite0_weights.resolve()) in (tmp_path / "exports" / "digests.json").read_text()  # hashed once
     monkeypatch.setattr(export_cache, "export_onnx", lambda *a, **k: pytest.fail("exported again"))

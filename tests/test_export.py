@@ -17,7 +17,7 @@ from effnet.errors import EffnetError
 from effnet.export import ParityError, export_model, export_onnx
 from effnet.export.metadata import describe
 from effnet.export.onnx import computed_pads, run_onnx
-from effnet.export.openvino import bgr_nchw, convert_onnx, rt_info, run_ir, save_ir
+from effnet.export.openvino import bgr_nchw, convert_onnx, rt_info, run_ir, save_ir, spatial_means_as_avg_pools
 from effnet.export.verify import compare, normalized_nchw, torch_probabilities
 from effnet.model import EfficientNet, build_model
 from effnet.preprocess import center_crop, load_image
@@ -154,6 +154,20 @@ def test_ir_takes_raw_bgr_with_mean_and_scale_folded(b0, b0_ir, b0_crops):
     assert np.abs(run_ir(b0_ir, rgb) - reference).max() > 1e-2
     normalised = normalized_nchw(b0_crops[..., ::-1], preprocess_config(B0))
     assert np.abs(run_ir(b0_ir, normalised) - reference).max() > 1e-2
+
+
+def test_engine_pools_compute_the_same_means(b0_ir, b0_crops):
+    model = ov.Core().read_model(b0_ir)
+    means = [op for op in model.get_ordered_ops() if op.get_type_name() == "ReduceMean"]
+    assert len(means) == 17  # B0's 16 squeeze-excitation pools (kept dims) and the head's (dropped)
+    assert spatial_means_as_avg_pools(model) == 17
+    kinds = [op.get_type_name() for op in model.get_ordered_ops()]
+    assert "ReduceMean" not in kinds and kinds.count("AvgPool") == 17
+    assert str(model.output(0).get_partial_shape()) == "[?,1000]"
+    data = bgr_nchw(b0_crops)
+    pooled, reduced = run_ir(model, data), run_ir(b0_ir, data)
+    assert np.abs(pooled - reduced).max() < 1e-4  # the parity bound; f32 sums in another order give ~1e-5
+    assert np.array_equal(pooled.argmax(1), reduced.argmax(1))
 
 
 def test_fp16_ir_stores_half_weights(b0_onnx, b0_ir, b0, b0_crops, tmp_path):

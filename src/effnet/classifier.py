@@ -13,6 +13,7 @@ import numpy as np
 from .api import Weights
 from .arch import DEFAULT_MODEL
 from .backends import Backend, create_backend
+from .backends.base import predictions
 from .errors import EffnetError
 from .labels import imagenet_labels
 from .preprocess import ImageSource, center_crop, load_image
@@ -90,8 +91,8 @@ class Classifier:
     def probabilities(self, images: Sequence[ImageSource]) -> np.ndarray:
         """(N, 1000) probabilities; raises ImageError on the first input that cannot be decoded."""
         crops = [self.crop(im) for im in images]
-        out = [self.backend.predict(np.stack(crops[i:i + self.batch_size]))
-               for i in range(0, len(crops), self.batch_size)]
+        batches = (np.stack(crops[i:i + self.batch_size]) for i in range(0, len(crops), self.batch_size))
+        out = list(predictions(self.backend, batches))
         return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)
 
     def classify(self, images: ImageSource | Sequence[ImageSource], top: int = 5) -> list[list[Prediction]]:
@@ -103,23 +104,30 @@ class Classifier:
     def classify_iter(self, sources: Iterable[ImageSource], top: int = 5) -> Iterator[Outcome]:
         """Classify a stream in order; an input that fails is reported and the rest go on.
 
-        Decoding runs in worker threads (Pillow releases the GIL) while the backend infers the
-        previous batch, so a folder of JPEGs runs near the engine's own speed.
+        Decoding runs in worker threads (Pillow releases the GIL) while the backend infers earlier
+        batches, so a folder of JPEGs runs near the engine's own speed.
         """
         with ThreadPoolExecutor(self.decode_workers) as pool:
             decoded = bounded_map(pool, self._try_crop, sources, ahead=2 * self.batch_size + self.decode_workers)
-            batch: list[tuple[str, np.ndarray]] = []
-            for name, crop_or_error in decoded:
-                if isinstance(crop_or_error, str):
-                    yield from self._run(batch, top)
-                    batch = []
-                    yield Outcome(name, error=crop_or_error)
-                    continue
-                batch.append((name, crop_or_error))
-                if len(batch) == self.batch_size:
-                    yield from self._run(batch, top)
-                    batch = []
-            yield from self._run(batch, top)
+            groups: deque[list[tuple[str, np.ndarray | str]]] = deque()  # sent to the backend, not yet answered
+
+            def batches() -> Iterator[np.ndarray]:
+                for group in chunks(decoded, self.batch_size):
+                    groups.append(group)
+                    yield self._stack([c for _, c in group if not isinstance(c, str)])
+
+            for probs in predictions(self.backend, batches()):
+                ranked = iter(self.top_k(probs, top))
+                for name, crop_or_error in groups.popleft():
+                    if isinstance(crop_or_error, str):
+                        yield Outcome(name, error=crop_or_error)
+                    else:
+                        yield Outcome(name, predictions=next(ranked))
+
+    def _stack(self, crops: list[np.ndarray]) -> np.ndarray:
+        """(N, S, S, 3); N is 0 for a batch whose every file failed (it keeps its place in the stream)."""
+        size = self.config.input_size
+        return np.stack(crops) if crops else np.zeros((0, size, size, 3), np.uint8)
 
     def _try_crop(self, source: ImageSource) -> tuple[str, np.ndarray | str]:
         try:
@@ -127,9 +135,14 @@ class Classifier:
         except EffnetError as exc:
             return describe(source), str(exc)
 
-    def _run(self, batch: list[tuple[str, np.ndarray]], top: int) -> Iterator[Outcome]:
-        if not batch:
-            return
-        probs = self.backend.predict(np.stack([crop for _, crop in batch]))
-        for (name, _), preds in zip(batch, self.top_k(probs, top)):
-            yield Outcome(name, predictions=preds)
+
+def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
+    """Consecutive lists of `size` items (the last may be shorter)."""
+    chunk: list[T] = []
+    for item in items:
+        chunk.append(item)
+        if len(chunk) == size:
+            yield chunk
+            chunk = []
+    if chunk:
+        yield chunk

@@ -1,7 +1,8 @@
-"""The one protocol every inference engine implements."""
+"""The protocol every inference engine implements, and `predictions`, which pipelines where it can."""
 from __future__ import annotations
 
-from typing import Protocol
+from collections.abc import Iterable, Iterator
+from typing import Protocol, runtime_checkable
 
 import numpy as np
 
@@ -17,5 +18,22 @@ class Backend(Protocol):
     precision: str
 
     def predict(self, crops: np.ndarray) -> np.ndarray:
-        """(N, S, S, 3) uint8 RGB -> (N, 1000) float32 softmax probabilities."""
+        """(N, S, S, 3) uint8 RGB -> (N, 1000) float32 softmax probabilities; N may be 0."""
         ...
+
+
+@runtime_checkable
+class StreamingBackend(Backend, Protocol):
+    """An engine with several inferences in flight (OpenVINO's infer requests)."""
+
+    def predict_stream(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+        """`predict` of each batch, in order, with no pause between batches: the next batch's images
+        start as soon as a request frees up, while earlier results are handed back."""
+        ...
+
+
+def predictions(backend: Backend, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    """backend.predict(batch) for each batch, in order; pipelined across batches where the engine can."""
+    if isinstance(backend, StreamingBackend):
+        return backend.predict_stream(batches)
+    return map(backend.predict, batches)

@@ -28,6 +28,8 @@ class OnnxRuntimeBackend:
             self.static_batch = None
 
     def predict(self, crops: np.ndarray) -> np.ndarray:
+        if len(crops) == 0:
+            return np.zeros((0, self.session.get_outputs()[0].shape[1]), np.float32)
         x = crops.astype(np.float32) * self.scale + self.shift
         x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
         if self.static_batch is None:

@@ -22,6 +22,8 @@ class TorchBackend:
         self.config = config
 
     def predict(self, crops: np.ndarray) -> np.ndarray:
+        if len(crops) == 0:
+            return np.zeros((0, self.model.classifier.out_features), np.float32)
         # The checker's float64-exact normalisation (a lookup table), not float32 arithmetic in torch.
         x = torch.from_numpy(np.stack([normalize(c, self.config) for c in crops]))
         x = x.contiguous(memory_format=self.memory_format)

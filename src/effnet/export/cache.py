@@ -20,7 +20,7 @@ from ..api import Weights, create_model
 from ..weights import cache_dir, preprocess_config, resolve_weights
 from .metadata import describe
 from .onnx import export_onnx
-from .openvino import convert_onnx, save_ir, with_u8_rgb_input
+from .openvino import convert_onnx, engine_model, save_ir
 from .quantize import DEFAULT_SUBSET, asymmetric_activations, image_files, load_crops, quantize_int8, split_holdout
 
 _MARKER = "complete"
@@ -136,8 +136,8 @@ def cached_ir(name: str, weights: Weights = "imagenet", *, precision: str = "fp3
               engine: bool = False, root: str | os.PathLike[str] | None = None) -> Path:
     """The card's IR (`.xml`) for `name` with `weights` at `precision` (fp32, fp16, int8), built on first use.
 
-    `engine`: with effnet's uint8 RGB NHWC front (what OpenVINOBackend compiles) instead of the card's
-    float BGR input. int8 needs `calibration`, a folder of images (every fifth kept out, as in export).
+    `engine`: what OpenVINOBackend compiles (export.openvino.engine_model: effnet's uint8 RGB NHWC
+    front, CPU-friendly pools) instead of the card's float BGR IR. int8 needs `calibration`, a folder of images (every fifth kept out, as in export).
     """
     if precision == "int8" and calibration is None:
         from ..errors import EffnetError
@@ -155,8 +155,8 @@ def cached_ir(name: str, weights: Weights = "imagenet", *, precision: str = "fp3
                 crops = load_crops(files, config, desc="calibration images")
                 ir = quantize_int8(ir, crops, subset_size=subset_size,
                                    asymmetric_activations=asymmetric_activations(name))
-            save_ir(with_u8_rgb_input(ir) if engine else ir, path, precision)
+            save_ir(engine_model(ir) if engine else ir, path, precision)
 
-    fmt = "openvino_u8" if engine else "openvino"
+    fmt = "openvino_engine" if engine else "openvino"
     key = export_key(name, weights, fmt, precision, batch, calibration, subset_size, root)
     return _cached(key, "model.xml", root, build)

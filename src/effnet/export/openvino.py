@@ -63,6 +63,43 @@ def export_openvino(onnx_path: str | os.PathLike[str], xml_path: str | os.PathLi
     return save_ir(convert_onnx(onnx_path, config, metadata), xml_path, precision)
 
 
+def spatial_means_as_avg_pools(model: ov.Model) -> int:
+    """Rewrite, in place, every ReduceMean over the whole (H, W) map as an AvgPool whose window is the
+    map; returns how many. The same mean (f32 parity on photos ~1e-7), which OpenVINO's CPU plugin
+    computes 2-3x faster on large maps: B7's 55 squeeze-excitation pools took 4.5 % of its time, and
+    the rewrite gains about 3 % throughput."""
+    require("openvino")
+    import openvino.opset13 as ops
+
+    count = 0
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "ReduceMean":
+            continue
+        shape, axes = op.input(0).get_partial_shape(), op.input_value(1).get_node()
+        if shape.rank.is_dynamic or shape.rank.get_length() != 4 or axes.get_type_name() != "Constant":
+            continue
+        if sorted(int(a) % 4 for a in axes.get_data().ravel()) != [2, 3] or not shape[2:].is_static:
+            continue
+        height, width = shape[2].get_length(), shape[3].get_length()
+        pool = ops.avg_pool(op.input_value(0), strides=[1, 1], pads_begin=[0, 0], pads_end=[0, 0],
+                            kernel_shape=[height, width], exclude_pad=True)
+        mean = pool if op.get_attributes()["keep_dims"] else ops.squeeze(pool, ops.constant(np.array([2, 3])))
+        mean.set_friendly_name(op.get_friendly_name())
+        op.output(0).replace(mean.output(0))
+        count += 1
+    if count:
+        model.validate_nodes_and_infer_types()
+    return count
+
+
+def engine_model(model: ov.Model) -> ov.Model:
+    """What OpenVINOBackend compiles: the card's IR with uint8 RGB input (`with_u8_rgb_input`) and
+    its spatial means as AvgPools (`spatial_means_as_avg_pools`). Same network and numbers; the
+    exported card IR stays the plain conversion, as the Open Model Zoo's converter makes it."""
+    spatial_means_as_avg_pools(model)
+    return with_u8_rgb_input(model)
+
+
 def with_u8_rgb_input(model: ov.Model) -> ov.Model:
     """The card's IR taking what effnet's engines get: uint8 (N, S, S, 3) RGB crops.
 
@@ -103,5 +140,5 @@ def rt_info(model: ov.Model, key: str) -> str:
     return model.get_rt_info([SECTION, key]).astype(str)
 
 
-__all__ = ["OUTPUT", "bgr_nchw", "convert_onnx", "export_openvino", "run_ir", "rt_info", "save_ir",
-           "with_u8_rgb_input"]
+__all__ = ["OUTPUT", "bgr_nchw", "convert_onnx", "engine_model", "export_openvino", "run_ir", "rt_info", "save_ir",
+           "spatial_means_as_avg_pools", "with_u8_rgb_input"]
