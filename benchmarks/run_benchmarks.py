@@ -444,8 +444,9 @@ def write_results(path: Path, r: dict) -> None:
         limit = m["cores"] * gemm["bf16"] * 1e9 / flops
         lines += [
             "", "## Where the time goes", "",
-            "OpenVINO per-layer profile (PERF_COUNT) of effnet's engine model (the card's IR with uint8 RGB input "
-            f"and its spatial means as AvgPool), bf16, THROUGHPUT hint ({p['streams']} streams, "
+            "OpenVINO per-layer profile (PERF_COUNT) of effnet's engine model (the card's IR with uint8 RGB input, "
+            f"its spatial means as AvgPool and its large SE gates folded into the projections), bf16, THROUGHPUT "
+            f"hint ({p['streams']} streams, "
             f"{p['threads']} threads in all), both streams busy; ms per image of one stream, grouped by layer type:",
             "", "| layer type | layers | ms / image | share | kernels |", "| --- | ---: | ---: | ---: | --- |"]
         for k, v in per.items():

@@ -14,6 +14,7 @@ from effnet import Classifier
 from effnet.backends import available_backends, create_backend, resolve_kind
 from effnet.cli import main
 from effnet.errors import EffnetError, MissingEngineError
+from effnet.export.openvino import ENGINE_REVISION
 from effnet.export.optional import require
 from effnet.preprocess import center_crop, load_image
 from effnet.weights import preprocess_config
@@ -99,7 +100,7 @@ def test_openvino_fixed_and_dynamic_batch_irs(batch, lite0_weights, crops, refer
 def test_second_creation_hits_the_cache(lite0_weights, crops, tmp_path, monkeypatch):
     first = create_backend("openvino", LITE0, lite0_weights, cache_root=tmp_path)
     (entry,) = [p for p in (tmp_path / "exports").iterdir() if p.is_dir()]
-    assert entry.name.startswith(f"{LITE0}-") and "openvino_engine-fp32-b1-v" in entry.name
+    assert entry.name.startswith(f"{LITE0}-") and f"openvino_engine{ENGINE_REVISION}-fp32-b1-v" in entry.name
     assert any((tmp_path / "openvino").iterdir())  # OpenVINO's compiled blob
     assert str(lite0_weights.resolve()) in (tmp_path / "exports" / "digests.json").read_text()  # hashed once
     monkeypatch.setattr(export_cache, "export_onnx", lambda *a, **k: pytest.fail("exported again"))

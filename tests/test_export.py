@@ -17,7 +17,8 @@ from effnet.errors import EffnetError
 from effnet.export import ParityError, export_model, export_onnx
 from effnet.export.metadata import describe
 from effnet.export.onnx import computed_pads, run_onnx
-from effnet.export.openvino import bgr_nchw, convert_onnx, rt_info, run_ir, save_ir, spatial_means_as_avg_pools
+from effnet.export.openvino import (bgr_nchw, convert_onnx, gates_into_projections, rt_info, run_ir, save_ir,
+                                   spatial_means_as_avg_pools)
 from effnet.export.verify import compare, normalized_nchw, torch_probabilities
 from effnet.model import EfficientNet, build_model
 from effnet.preprocess import center_crop, load_image
@@ -168,6 +169,24 @@ def test_engine_pools_compute_the_same_means(b0_ir, b0_crops):
     pooled, reduced = run_ir(model, data), run_ir(b0_ir, data)
     assert np.abs(pooled - reduced).max() < 1e-4  # the parity bound; f32 sums in another order give ~1e-5
     assert np.array_equal(pooled.argmax(1), reduced.argmax(1))
+
+
+def test_engine_gates_fold_into_projections(b0_ir, b0_crops):
+    model = ov.Core().read_model(b0_ir)
+    assert gates_into_projections(model) == 0  # a batch axis of any size: one gate per image, no folding
+    model.reshape({0: [1, 3, 224, 224]})
+    gated = [op for op in model.get_ordered_ops() if op.get_type_name() == "Multiply"
+             and any(i.get_node().get_type_name() == "Convolution" for i in op.output(0).get_target_inputs())]
+    assert len(gated) == 16  # B0's squeeze-excitation gates, each read by a 1x1 projection
+    assert gates_into_projections(model) == 5  # the maps with >= 8 pixels per output channel: 112, 56 and 28 px
+    assert gates_into_projections(model, min_pixels_per_output=0) == 11  # the rest
+    runtime_weights = [op for op in model.get_ordered_ops() if op.get_type_name() == "Convolution"
+                       and op.input_value(1).get_node().get_type_name() == "Multiply"]
+    assert len(runtime_weights) == 16
+    data = bgr_nchw(b0_crops)
+    folded = np.concatenate([run_ir(model, data[i:i + 1]) for i in range(len(data))])
+    reference = run_ir(b0_ir, data)
+    assert np.abs(folded - reference).max() < 1e-4 and np.array_equal(folded.argmax(1), reference.argmax(1))
 
 
 def test_fp16_ir_stores_half_weights(b0_onnx, b0_ir, b0, b0_crops, tmp_path):

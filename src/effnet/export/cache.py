@@ -20,7 +20,7 @@ from ..api import Weights, create_model
 from ..weights import cache_dir, preprocess_config, resolve_weights
 from .metadata import describe
 from .onnx import export_onnx
-from .openvino import convert_onnx, engine_model, save_ir
+from .openvino import ENGINE_REVISION, convert_onnx, engine_model, save_ir
 from .quantize import DEFAULT_SUBSET, asymmetric_activations, image_files, load_crops, quantize_int8, split_holdout
 
 _MARKER = "complete"
@@ -157,6 +157,6 @@ def cached_ir(name: str, weights: Weights = "imagenet", *, precision: str = "fp3
                                    asymmetric_activations=asymmetric_activations(name))
             save_ir(engine_model(ir) if engine else ir, path, precision)
 
-    fmt = "openvino_engine" if engine else "openvino"
+    fmt = f"openvino_engine{ENGINE_REVISION}" if engine else "openvino"
     key = export_key(name, weights, fmt, precision, batch, calibration, subset_size, root)
     return _cached(key, "model.xml", root, build)

@@ -92,11 +92,61 @@ def spatial_means_as_avg_pools(model: ov.Model) -> int:
     return count
 
 
+def gates_into_projections(model: ov.Model, min_pixels_per_output: int = 8) -> int:
+    """Fold, in place, each squeeze-excitation gate into the 1x1 convolution that reads the gated map:
+    conv(x * g, W) = conv(x, W * g), with g (1, C, 1, 1) computed per image; returns how many.
+
+    The gate's pass over the C x H x W map goes away, but the CPU plugin repacks the scaled C_out x C
+    weights at every inference, so only maps with at least `min_pixels_per_output` pixels per output
+    channel are folded (B7: 28 of 55 gates, +3 % throughput; folding all 55 loses 1 %). Batch 1
+    only, as the gate differs per image. f32 outputs move by ~1e-7 (another rounding order).
+    """
+    require("openvino")
+    import openvino.opset13 as ops
+
+    count = 0
+    for op in model.get_ordered_ops():
+        if op.get_type_name() != "Multiply":
+            continue
+        consumers = list(op.output(0).get_target_inputs())
+        if len(consumers) != 1 or consumers[0].get_index() != 0:
+            continue
+        conv = consumers[0].get_node()
+        weights = conv.input_value(1)
+        if conv.get_type_name() != "Convolution" or weights.get_node().get_type_name() != "Constant":
+            continue
+        x, gate = op.input_value(0), op.input_value(1)
+        if not (x.get_partial_shape().is_static and gate.get_partial_shape().is_static):
+            continue
+        if list(x.get_shape())[2:] == [1, 1]:
+            x, gate = gate, x  # the gate, (1, C, 1, 1), may be either operand
+        x_shape, gate_shape = list(x.get_shape()), list(gate.get_shape())
+        out_channels, _, kh, kw = weights.get_shape()
+        if len(x_shape) != 4 or x_shape[0] != 1 or gate_shape != [1, x_shape[1], 1, 1] or (kh, kw) != (1, 1):
+            continue
+        if x_shape[2] * x_shape[3] < min_pixels_per_output * out_channels:
+            continue
+        a = conv.get_attributes()
+        folded = ops.convolution(x, ops.multiply(weights, gate), a["strides"], a["pads_begin"], a["pads_end"],
+                                 a["dilations"], a["auto_pad"].upper())
+        folded.set_friendly_name(conv.get_friendly_name())
+        conv.output(0).replace(folded.output(0))
+        count += 1
+    if count:
+        model.validate_nodes_and_infer_types()
+    return count
+
+
+ENGINE_REVISION = 2  # part of the engine IR's cache key: bump it when engine_model builds something else
+
+
 def engine_model(model: ov.Model) -> ov.Model:
-    """What OpenVINOBackend compiles: the card's IR with uint8 RGB input (`with_u8_rgb_input`) and
-    its spatial means as AvgPools (`spatial_means_as_avg_pools`). Same network and numbers; the
-    exported card IR stays the plain conversion, as the Open Model Zoo's converter makes it."""
+    """What OpenVINOBackend compiles: the card's IR with uint8 RGB input (`with_u8_rgb_input`), its
+    spatial means as AvgPools (`spatial_means_as_avg_pools`) and the large squeeze-excitation gates
+    folded into the projections' weights (`gates_into_projections`). The same network; the exported
+    card IR stays the plain conversion, as the Open Model Zoo's converter makes it."""
     spatial_means_as_avg_pools(model)
+    gates_into_projections(model)
     return with_u8_rgb_input(model)
 
 
