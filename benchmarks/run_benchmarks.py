@@ -158,16 +158,14 @@ class Config:
         return m
 
     def summary(self) -> dict:
-        images = sum(m.images for m in self.rounds)
-        wall = sum(m.wall_s for m in self.rounds)
-        cpu = sum(m.cpu_s for m in self.rounds)
-        lat = [x for m in self.rounds for x in m.latencies_s]
-        per_round = [m.throughput for m in self.rounds]
+        total = Measurement(sum(m.images for m in self.rounds), sum(m.wall_s for m in self.rounds),
+                            [x for m in self.rounds for x in m.latencies_s], sum(m.cpu_s for m in self.rounds))
         return {"key": self.key, "label": self.label, "backend": self.backend, "precision": self.precision,
-                "mode": self.mode, "settings": self.settings, "throughput_ips": images / wall, "images": images,
-                "seconds": wall, "rounds_ips": per_round, "latency_ms": percentiles(lat),
+                "mode": self.mode, "settings": self.settings, "throughput_ips": total.throughput,
+                "images": total.images, "seconds": total.wall_s, "rounds_ips": [m.throughput for m in self.rounds],
+                "latency_ms": percentiles(total.latencies_s),
                 "infer_latency_ms": percentiles(self.infer) if self.infer else None,
-                "cpu_share": cpu / (wall * (os.cpu_count() or 1)), "failed": self.failed}
+                "cpu_share": total.cpu_share, "failed": self.failed}
 
 
 def torch_reference(weights: Path, x: np.ndarray) -> tuple[object, callable]:

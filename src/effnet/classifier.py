@@ -91,7 +91,7 @@ class Classifier:
     def probabilities(self, images: Sequence[ImageSource]) -> np.ndarray:
         """(N, 1000) probabilities; raises ImageError on the first input that cannot be decoded."""
         crops = [self.crop(im) for im in images]
-        batches = (np.stack(crops[i:i + self.batch_size]) for i in range(0, len(crops), self.batch_size))
+        batches = (np.stack(chunk) for chunk in chunks(crops, self.batch_size))
         out = list(predictions(self.backend, batches))
         return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)
 

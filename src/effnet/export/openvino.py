@@ -7,7 +7,7 @@ added with OpenVINO's PrePostProcessor, the same operations `mo --reverse_input_
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -63,6 +63,22 @@ def export_openvino(onnx_path: str | os.PathLike[str], xml_path: str | os.PathLi
     return save_ir(convert_onnx(onnx_path, config, metadata), xml_path, precision)
 
 
+def _rewrite_each(model: ov.Model, replacement: Callable[[ov.Node], ov.Node | None]) -> int:
+    """Replace, in place, every node for which replacement(node) builds a stand-in (same outputs,
+    same friendly name); returns how many were replaced."""
+    count = 0
+    for op in model.get_ordered_ops():
+        new = replacement(op)
+        if new is None:
+            continue
+        new.set_friendly_name(op.get_friendly_name())
+        op.output(0).replace(new.output(0))
+        count += 1
+    if count:
+        model.validate_nodes_and_infer_types()
+    return count
+
+
 def spatial_means_as_avg_pools(model: ov.Model) -> int:
     """Rewrite, in place, every ReduceMean over the whole (H, W) map as an AvgPool whose window is the
     map; returns how many. The same mean (f32 parity on photos ~1e-7), which OpenVINO's CPU plugin
@@ -71,25 +87,20 @@ def spatial_means_as_avg_pools(model: ov.Model) -> int:
     require("openvino")
     import openvino.opset13 as ops
 
-    count = 0
-    for op in model.get_ordered_ops():
+    def avg_pool(op: ov.Node) -> ov.Node | None:
         if op.get_type_name() != "ReduceMean":
-            continue
+            return None
         shape, axes = op.input(0).get_partial_shape(), op.input_value(1).get_node()
         if shape.rank.is_dynamic or shape.rank.get_length() != 4 or axes.get_type_name() != "Constant":
-            continue
+            return None
         if sorted(int(a) % 4 for a in axes.get_data().ravel()) != [2, 3] or not shape[2:].is_static:
-            continue
+            return None
         height, width = shape[2].get_length(), shape[3].get_length()
         pool = ops.avg_pool(op.input_value(0), strides=[1, 1], pads_begin=[0, 0], pads_end=[0, 0],
                             kernel_shape=[height, width], exclude_pad=True)
-        mean = pool if op.get_attributes()["keep_dims"] else ops.squeeze(pool, ops.constant(np.array([2, 3])))
-        mean.set_friendly_name(op.get_friendly_name())
-        op.output(0).replace(mean.output(0))
-        count += 1
-    if count:
-        model.validate_nodes_and_infer_types()
-    return count
+        return pool if op.get_attributes()["keep_dims"] else ops.squeeze(pool, ops.constant(np.array([2, 3])))
+
+    return _rewrite_each(model, avg_pool)
 
 
 def gates_into_projections(model: ov.Model, min_pixels_per_output: int = 8) -> int:
@@ -104,37 +115,31 @@ def gates_into_projections(model: ov.Model, min_pixels_per_output: int = 8) -> i
     require("openvino")
     import openvino.opset13 as ops
 
-    count = 0
-    for op in model.get_ordered_ops():
-        if op.get_type_name() != "Multiply":
-            continue
-        consumers = list(op.output(0).get_target_inputs())
-        if len(consumers) != 1 or consumers[0].get_index() != 0:
-            continue
-        conv = consumers[0].get_node()
-        weights = conv.input_value(1)
-        if conv.get_type_name() != "Convolution" or weights.get_node().get_type_name() != "Constant":
-            continue
+    def folded(conv: ov.Node) -> ov.Node | None:
+        if conv.get_type_name() != "Convolution":
+            return None
+        gated, weights = conv.input_value(0), conv.input_value(1)
+        op = gated.get_node()
+        if op.get_type_name() != "Multiply" or weights.get_node().get_type_name() != "Constant":
+            return None
+        if len(gated.get_target_inputs()) != 1:  # the gated map feeds only this convolution
+            return None
         x, gate = op.input_value(0), op.input_value(1)
         if not (x.get_partial_shape().is_static and gate.get_partial_shape().is_static):
-            continue
+            return None
         if list(x.get_shape())[2:] == [1, 1]:
             x, gate = gate, x  # the gate, (1, C, 1, 1), may be either operand
         x_shape, gate_shape = list(x.get_shape()), list(gate.get_shape())
         out_channels, _, kh, kw = weights.get_shape()
         if len(x_shape) != 4 or x_shape[0] != 1 or gate_shape != [1, x_shape[1], 1, 1] or (kh, kw) != (1, 1):
-            continue
+            return None
         if x_shape[2] * x_shape[3] < min_pixels_per_output * out_channels:
-            continue
+            return None
         a = conv.get_attributes()
-        folded = ops.convolution(x, ops.multiply(weights, gate), a["strides"], a["pads_begin"], a["pads_end"],
-                                 a["dilations"], a["auto_pad"].upper())
-        folded.set_friendly_name(conv.get_friendly_name())
-        conv.output(0).replace(folded.output(0))
-        count += 1
-    if count:
-        model.validate_nodes_and_infer_types()
-    return count
+        return ops.convolution(x, ops.multiply(weights, gate), a["strides"], a["pads_begin"], a["pads_end"],
+                               a["dilations"], a["auto_pad"].upper())
+
+    return _rewrite_each(model, folded)
 
 
 ENGINE_REVISION = 2  # part of the engine IR's cache key: bump it when engine_model builds something else
