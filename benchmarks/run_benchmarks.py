@@ -108,7 +108,7 @@ def calibrated_random_weights(path: Path, crops: np.ndarray) -> Path:
     import torch
 
     from effnet.model import build_model
-    from effnet.preprocess import normalize
+    from effnet.preprocessing import normalize
     from effnet.weights import preprocess_config
 
     log("making calibrated random B7 weights (one forward pass in train mode)")
@@ -514,7 +514,7 @@ def main(argv: list[str] | None = None) -> int:
     from effnet.bench import _load, image_files
     from effnet.export.cache import cached_ir, cached_onnx
     from effnet.export.openvino import bgr_nchw
-    from effnet.preprocess import center_crop, load_image, normalize
+    from effnet.preprocessing import center_crop, load_image, normalize
     from effnet.weights import cache_dir, preprocess_config
 
     load_before = _load()
@@ -657,7 +657,7 @@ def measure_agreement(crops: np.ndarray, weights: Path, b7_bf16, torch_model, co
     if torch_model is not None:
         import torch
 
-        from effnet.preprocess import normalize
+        from effnet.preprocessing import normalize
 
         x = torch.from_numpy(np.stack([normalize(c, config) for c in crops]))
         with torch.inference_mode():

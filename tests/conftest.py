@@ -1,11 +1,30 @@
-"""Shared fixtures: real photos (scikit-image's bundled ones) and the real Lite0 ImageNet weights."""
+"""Shared fixtures: real photos (scikit-image's bundled ones) and the real Lite0 ImageNet weights.
+
+Nothing a test runs may write into the user's real cache: effnet's cache and the XDG folders point at
+one temporary folder for the whole session, before any test (or subprocess it starts) reads them.
+"""
 from __future__ import annotations
 
+import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
+
+_SESSION_HOME = Path(tempfile.mkdtemp(prefix="effnet-tests-"))
+
+
+def pytest_configure(config) -> None:
+    os.environ["EFFNET_HOME"] = str(_SESSION_HOME / "effnet")
+    for var in ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME"):
+        os.environ[var] = str(_SESSION_HOME / var.lower())
+
+
+def pytest_unconfigure(config) -> None:
+    shutil.rmtree(_SESSION_HOME, ignore_errors=True)
 
 
 def _rgb(arr: np.ndarray) -> np.ndarray:

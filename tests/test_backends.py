@@ -9,18 +9,19 @@ import time
 import numpy as np
 import pytest
 
+import effnet.export.build as export_build
 import effnet.export.cache as export_cache
 from effnet import Classifier
 from effnet.backends import available_backends, create_backend, resolve_kind
 from effnet.cli import main
 from effnet.errors import EffnetError, MissingEngineError
-from effnet.export.openvino import ENGINE_REVISION
-from effnet.export.optional import require
-from effnet.preprocess import center_crop, load_image
-from effnet.weights import preprocess_config
+from effnet.backends.openvino_graph import ENGINE_REVISION
+from effnet.optional import require
+from effnet.preprocessing import center_crop, load_image
+from effnet.resolved import resolve
+from effnet.weights import cache_dir
 
-pytest.importorskip("onnxruntime")
-ov = pytest.importorskip("openvino")
+import openvino as ov  # noqa: E402  (the [all] extra: these tests are meant to run)
 
 LITE0 = "efficientnet_lite0"
 
@@ -32,13 +33,13 @@ def cache_root(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def crops(photo_arrays) -> np.ndarray:
-    config = preprocess_config(LITE0)
+    config = resolve(LITE0, None).preprocess
     return np.stack([center_crop(load_image(a), config) for a in photo_arrays.values()])
 
 
 @pytest.fixture(scope="module")
 def reference(lite0_weights, crops) -> np.ndarray:
-    return create_backend("torch", LITE0, lite0_weights).predict(crops)
+    return create_backend("torch", resolve(LITE0, lite0_weights)).predict(crops)
 
 
 @pytest.mark.parametrize("kind, precision, tolerance", [
@@ -50,7 +51,7 @@ def reference(lite0_weights, crops) -> np.ndarray:
 ])
 def test_backends_agree_with_pytorch_on_real_photos(kind, precision, tolerance, lite0_weights, crops, reference,
                                                     cache_root):
-    backend = create_backend(kind, LITE0, lite0_weights, precision, cache_root=cache_root)
+    backend = create_backend(kind, resolve(LITE0, lite0_weights), precision, cache_root=cache_root)
     assert (backend.name, backend.precision) == (kind, precision)
     probs = backend.predict(crops)
     assert probs.shape == (len(crops), 1000) and probs.dtype == np.float32
@@ -66,7 +67,7 @@ def test_backends_agree_with_pytorch_on_real_photos(kind, precision, tolerance, 
 
 @pytest.mark.parametrize("batch", [1, 2, None])
 def test_openvino_streams_batches_in_order(batch, lite0_weights, crops, reference, cache_root):
-    backend = create_backend("openvino", LITE0, lite0_weights, batch=batch, cache_root=cache_root)
+    backend = create_backend("openvino", resolve(LITE0, lite0_weights), batch=batch, cache_root=cache_root)
     picks = [[0, 1, 2], [], [3, 4, 0, 1, 2], [4], [2, 3]]  # sizes that split unevenly over the requests
     out = list(backend.predict_stream(crops[p] for p in picks))
     assert [len(o) for o in out] == [len(p) for p in picks]
@@ -80,7 +81,7 @@ def test_openvino_streams_batches_in_order(batch, lite0_weights, crops, referenc
 
 
 def test_openvino_takes_uint8_rgb_crops_and_any_batch(lite0_weights, crops, reference, cache_root):
-    backend = create_backend("openvino", LITE0, lite0_weights, cache_root=cache_root)
+    backend = create_backend("openvino", resolve(LITE0, lite0_weights), cache_root=cache_root)
     data = backend.compiled.input(0)
     assert data.get_element_type() == ov.Type.u8 and list(data.get_shape()) == [1, 224, 224, 3]
     assert backend.compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32  # not the CPU's bf16 default
@@ -92,42 +93,47 @@ def test_openvino_takes_uint8_rgb_crops_and_any_batch(lite0_weights, crops, refe
 
 @pytest.mark.parametrize("batch", [2, None])
 def test_openvino_fixed_and_dynamic_batch_irs(batch, lite0_weights, crops, reference, cache_root):
-    backend = create_backend("openvino", LITE0, lite0_weights, batch=batch, cache_root=cache_root)
+    backend = create_backend("openvino", resolve(LITE0, lite0_weights), batch=batch, cache_root=cache_root)
     assert backend.static_batch == batch
     assert np.abs(backend.predict(crops) - reference).max() < 1e-4  # 5 = 2 + 2 + a padded 1, or 3 + 2
 
 
 def test_second_creation_hits_the_cache(lite0_weights, crops, tmp_path, monkeypatch):
-    first = create_backend("openvino", LITE0, lite0_weights, cache_root=tmp_path)
+    first = create_backend("openvino", resolve(LITE0, lite0_weights), cache_root=tmp_path)
     (entry,) = [p for p in (tmp_path / "exports").iterdir() if p.is_dir()]
     assert entry.name.startswith(f"{LITE0}-") and f"openvino_engine{ENGINE_REVISION}-fp32-b1-v" in entry.name
     assert any((tmp_path / "openvino").iterdir())  # OpenVINO's compiled blob
-    assert str(lite0_weights.resolve()) in (tmp_path / "exports" / "digests.json").read_text()  # hashed once
-    monkeypatch.setattr(export_cache, "export_onnx", lambda *a, **k: pytest.fail("exported again"))
+    assert str(lite0_weights.resolve()) in (cache_dir() / "digests.json").read_text()  # hashed once
+    monkeypatch.setattr(export_build, "export_onnx", lambda *a, **k: pytest.fail("exported again"))
     start = time.perf_counter()
-    second = create_backend("openvino", LITE0, lite0_weights, cache_root=tmp_path)
+    second = create_backend("openvino", resolve(LITE0, lite0_weights), cache_root=tmp_path)
     print(f"warm create_backend(openvino, lite0): {time.perf_counter() - start:.2f} s")
     assert np.array_equal(second.predict(crops[:1]), first.predict(crops[:1]))
     # Other weights, precision or batch are other models: they are exported.
     with pytest.raises(pytest.fail.Exception, match="exported again"):
-        create_backend("openvino", LITE0, lite0_weights, "fp16", cache_root=tmp_path)
+        create_backend("openvino", resolve(LITE0, lite0_weights), "fp16", cache_root=tmp_path)
 
 
 def test_cache_key_names_what_changes_the_model(lite0_weights, tmp_path):
-    key = export_cache.export_key(LITE0, lite0_weights, "openvino", "fp32", 1)
+    lite0 = resolve(LITE0, lite0_weights)
+    key = export_cache.export_key(lite0, "openvino", "fp32", 1)
     other = tmp_path / "other.pth"
     other.write_bytes(lite0_weights.read_bytes() + b"\0")
-    assert export_cache.export_key(LITE0, other, "openvino", "fp32", 1) != key
-    assert export_cache.export_key(LITE0, lite0_weights, "openvino", "fp16", 1) != key
-    assert export_cache.export_key(LITE0, lite0_weights, "openvino", "fp32", None) != key
-    assert export_cache.export_key(LITE0, None, "openvino", "fp32", 1) is None  # random: never cached
+    assert export_cache.export_key(resolve(LITE0, other), "openvino", "fp32", 1) != key
+    assert export_cache.export_key(lite0, "openvino", "fp16", 1) != key
+    assert export_cache.export_key(lite0, "openvino", "fp32", None) != key
+    assert export_cache.export_key(resolve(LITE0, None), "openvino", "fp32", 1) is None  # random: never cached
     # "imagenet" is keyed by the file that serves it (here the PyPI package's, not timm's 0aa007d2...)
-    assert export_cache.export_key(LITE0, "imagenet", "openvino", "fp32", 1) == key
+    assert export_cache.export_key(resolve(LITE0, "imagenet"), "openvino", "fp32", 1) == key
     assert key.startswith(f"{LITE0}-579344248a93e230-openvino")
+    # The same content under another name is the same model.
+    copy = tmp_path / "copy.pth"
+    copy.write_bytes(lite0_weights.read_bytes())
+    assert export_cache.export_key(resolve(LITE0, copy), "openvino", "fp32", 1) == key
 
 
 def test_classifier_runs_on_openvino(lite0_weights, photo_files, cache_root):
-    backend = create_backend("openvino", LITE0, lite0_weights, cache_root=cache_root)
+    backend = create_backend("openvino", resolve(LITE0, lite0_weights), cache_root=cache_root)
     classifier = Classifier(LITE0, lite0_weights, backend=backend, batch_size=3)
     outcomes = list(classifier.classify_iter([photo_files["coffee"], photo_files["camera"], photo_files["chelsea"]]))
     assert [o.predictions[0].label for o in outcomes[:2]] == ["espresso", "tripod"]
@@ -140,7 +146,7 @@ def test_cli_classify_with_backend(lite0_weights, photo_files, tmp_path, monkeyp
     assert "espresso" in capsys.readouterr().out
     assert main(["classify", "--model", LITE0, "--weights", str(lite0_weights), "--backend", "onnxruntime",
                  "--precision", "int8", str(photo_files["coffee"])]) == 1
-    assert "onnxruntime runs fp32, not int8" in capsys.readouterr().err
+    assert "onnxruntime backend runs fp32, not int8" in capsys.readouterr().err
 
 
 # ---- choosing an engine, and missing ones ------------------------------------------------------
@@ -157,13 +163,13 @@ def test_auto_picks_the_fastest_installed(monkeypatch):
 
 
 @pytest.mark.parametrize("kind, precision, message", [
-    ("onnxruntime", "int8", "onnxruntime runs fp32, not int8"),
-    ("torch", "fp16", "torch runs fp32, bf16, not fp16"),
+    ("onnxruntime", "int8", "onnxruntime backend runs fp32, not int8"),
+    ("torch", "fp16", "torch backend runs fp32, bf16, not fp16"),
     ("tensorrt", "fp32", "unknown backend 'tensorrt'"),
 ])
 def test_unsupported_requests_are_refused(kind, precision, message):
     with pytest.raises(EffnetError, match=message):
-        create_backend(kind, LITE0, None, precision)
+        create_backend(kind, resolve(LITE0, None), precision)
 
 
 @pytest.mark.parametrize("module, kind, extra", [
@@ -173,7 +179,7 @@ def test_unsupported_requests_are_refused(kind, precision, message):
 def test_missing_engine_names_its_extra(module, kind, extra, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, module, None)  # as if not installed
     with pytest.raises(MissingEngineError, match=rf"pip install 'effnet\[{extra}\]'"):
-        create_backend(kind, LITE0, None, cache_root=tmp_path)
+        create_backend(kind, resolve(LITE0, None), cache_root=tmp_path)
     assert not any(tmp_path.iterdir())  # refused before exporting anything
 
 
@@ -188,7 +194,8 @@ def test_importing_effnet_needs_no_optional_engine():
             "for m in ('onnx', 'onnxruntime', 'openvino', 'nncf'): sys.modules[m] = None\n"
             "import effnet, effnet.backends, effnet.export, effnet.cli\n"
             "from effnet.backends import create_backend\n"
-            "print(type(create_backend('torch', 'efficientnet_b0', None)).__name__)\n")
+            "from effnet.resolved import resolve\n"
+            "print(type(create_backend('torch', resolve('efficientnet_b0', None))).__name__)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "TorchBackend"
@@ -205,10 +212,10 @@ def test_openvino_int8_backend(lite0_weights, photo_arrays, crops, reference, tm
         h, w = a.shape[:2]
         y, x = rng.integers(0, h // 3), rng.integers(0, w // 3)
         Image.fromarray(np.ascontiguousarray(a[y:, x:][:, ::-1 if i % 2 else 1])).save(tmp_path / f"{i:02d}.jpg")
-    backend = create_backend("openvino", LITE0, lite0_weights, "int8", calibration=tmp_path, cache_root=cache_root)
+    backend = create_backend("openvino", resolve(LITE0, lite0_weights), "int8", calibration=tmp_path, cache_root=cache_root)
     assert backend.precision == "int8"
     probs = backend.predict(crops)
     assert list(probs.argmax(1)[:2]) == [967, 872]
     assert 1e-4 < np.abs(probs - reference).max() < 0.2  # really quantised, still close
     with pytest.raises(EffnetError, match="calibration"):
-        create_backend("openvino", LITE0, lite0_weights, "int8", cache_root=cache_root)
+        create_backend("openvino", resolve(LITE0, lite0_weights), "int8", cache_root=cache_root)

@@ -12,9 +12,10 @@ import pytest
 from PIL import Image
 
 from effnet import Classifier
-from effnet.bench import bench, bench_end_to_end, format_report, machine_info, percentiles
+from effnet.bench import bench, bench_end_to_end, format_report, percentiles
+from effnet.machine import machine_info
 from effnet.cli import main
-from effnet.export.optional import installed
+from effnet.optional import installed
 
 MODEL = "efficientnet_b0"
 
@@ -116,6 +117,9 @@ class UniformBackend:
         assert crops.dtype == np.uint8 and crops.shape[1:] == (224, 224, 3)
         self.seen += len(crops)
         return np.full((len(crops), 1000), 1e-3, np.float32)
+
+    def settings(self) -> dict:
+        return {"threads": 0, "streams": 1}
 
 
 def test_end_to_end_cycles_over_folder_and_reports_unreadable_file(photo_folder):

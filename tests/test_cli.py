@@ -95,7 +95,7 @@ def test_info_b7_states_the_card(capsys, monkeypatch, tmp_path):
 
 
 def test_download_offline_says_where_to_put_the_file(capsys, monkeypatch, tmp_path):
-    from effnet.weights import WeightsEntry, register_weights, weights_entry
+    from effnet.registry import WeightsEntry, register_weights, weights_entry
 
     monkeypatch.setenv("EFFNET_HOME", str(tmp_path))
     original = weights_entry("efficientnet_b0")

@@ -24,6 +24,7 @@ from effnet.errors import DatasetError, EffnetError
 from effnet.evaluate import (RESULTS_FILE, Configuration, Evaluation, configurations, evaluate,
                              run_directory, wilson_interval)
 from effnet.labels import imagenet_wnids
+from effnet.resolved import resolve
 
 LABELS = {"coffee": 967, "camera": 872, "chelsea": 281, "rocket": 744, "astronaut": 0}
 BROKEN_LABEL = 3
@@ -192,14 +193,17 @@ def test_evaluate_twice_reuses_the_run_folder(annotated, lite0_weights, tmp_path
 
 def test_run_folder_is_keyed_by_everything_that_changes_results(annotated, lite0_weights, tmp_path):
     dataset = load_dataset(annotated)
-    base = run_directory(tmp_path, MODEL, lite0_weights, [Configuration()], dataset)
-    assert base == run_directory(tmp_path, MODEL, lite0_weights, [Configuration()], dataset)
+    lite0 = resolve(MODEL, lite0_weights)
+    base = run_directory(tmp_path, lite0, [Configuration()], dataset)
+    assert base == run_directory(tmp_path, lite0, [Configuration()], dataset)
+    # "imagenet" for Lite0 is served by the same file: the same weights, by sha256, the same run.
+    assert base == run_directory(tmp_path, resolve(MODEL, "imagenet"), [Configuration()], dataset)
     others = {
-        run_directory(tmp_path, "efficientnet_b0", lite0_weights, [Configuration()], dataset),
-        run_directory(tmp_path, MODEL, "imagenet", [Configuration()], dataset),
-        run_directory(tmp_path, MODEL, lite0_weights, [Configuration("onnxruntime")], dataset),
-        run_directory(tmp_path, MODEL, lite0_weights, [Configuration(), Configuration("openvino")], dataset),
-        run_directory(tmp_path, MODEL, lite0_weights, [Configuration()], dataset.subset(2)),
+        run_directory(tmp_path, resolve("efficientnet_b0", lite0_weights), [Configuration()], dataset),
+        run_directory(tmp_path, resolve(MODEL, None), [Configuration()], dataset),
+        run_directory(tmp_path, lite0, [Configuration("onnxruntime")], dataset),
+        run_directory(tmp_path, lite0, [Configuration(), Configuration("openvino")], dataset),
+        run_directory(tmp_path, lite0, [Configuration()], dataset.subset(2)),
     }
     assert base not in others and len(others) == 5
 
@@ -270,15 +274,21 @@ def test_configurations_are_backend_by_precision_pairs_an_engine_runs():
         Configuration("torch", "fp32"), Configuration("openvino", "fp32"), Configuration("openvino", "int8")]
     with pytest.raises(EffnetError, match="unknown backend 'onnx'"):
         configurations(["torch", "onnx"], ["fp32"])
-    with pytest.raises(EffnetError, match="onnxruntime runs fp32, not int8"):
+    with pytest.raises(EffnetError, match="onnxruntime backend runs fp32, not int8"):
         configurations(["onnxruntime"], ["int8"])
 
 
-def test_the_card_values_stand_beside_b7_only(annotated, classifier):
+def test_the_card_values_stand_beside_the_cards_own_weights_only(annotated, classifier):
+    from dataclasses import replace
+
     result = Evaluation(load_dataset(annotated), classifier).result()
     assert "| n/a" in result.to_markdown()
-    b7 = type(result)("efficientnet_b7", "x", result.configurations, (), (), 0, 0.0)
+    random_b7 = resolve("efficientnet_b7", None)
+    official = replace(random_b7, weights_file=Path("tf_efficientnet_b7_aa-076e3472.pth"),
+                       weights_sha256=random_b7.entry.sha256)  # the card's file, by its published sha256
+    b7 = replace(result, model=official)
     assert b7.card == (84.42, 96.91) and "84.42" in b7.to_markdown() and b7.to_dict()["card"]["top5"] == 96.91
+    assert replace(result, model=random_b7).card is None  # other weights: the card's figures do not apply
 
 
 # ---- user mistakes: clear errors before any inference ----------------------------------------

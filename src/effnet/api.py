@@ -1,31 +1,25 @@
 """The functional API: build a model with its weights, preprocess like the weights expect."""
 from __future__ import annotations
 
-import os
-
 import numpy as np
 
 from .arch import DEFAULT_MODEL, list_models
-from .checkpoint import load_strict, to_native
-from .model import EfficientNet, build_model
-from .preprocess import ImageSource, preprocess_image
-from .weights import preprocess_config, read_state_dict, resolve_weights
+from .model import EfficientNet
+from .preprocessing import ImageSource, preprocess_image
+from .resolved import ResolvedModel, Weights, resolve
 
-__all__ = ["create_model", "preprocess", "list_models"]
-
-Weights = str | os.PathLike | None  # None: random init; "imagenet": the registry's file; else a path
+__all__ = ["create_model", "preprocess", "list_models", "resolve"]
 
 
-def create_model(name: str = DEFAULT_MODEL, weights: Weights = None, *,
+def create_model(model: str | ResolvedModel = DEFAULT_MODEL, weights: Weights = None, *,
                  input_size: int | tuple[int, int] | None = None) -> EfficientNet:
-    """An eval-mode EfficientNet whose forward returns logits; `input_size` fixes its SAME pads."""
-    model = build_model(name, input_size)
-    path = resolve_weights(name, weights)
-    if path is not None:
-        load_strict(model, to_native(read_state_dict(path), model.spec), source=str(path))
-    return model
+    """An eval-mode EfficientNet whose forward returns logits; `input_size` fixes its SAME pads.
+    `weights`: None/"random", "imagenet" (the official file, downloaded once) or a file path."""
+    return resolve(model, weights).create_model(input_size)
 
 
-def preprocess(image: ImageSource, name: str = DEFAULT_MODEL, *, exif_transpose: bool = True) -> np.ndarray:
-    """(1, 3, S, S) float32 RGB, exactly as `name`'s weights expect (OMZ accuracy checker's rule)."""
-    return preprocess_image(image, preprocess_config(name), exif_transpose=exif_transpose)
+def preprocess(image: ImageSource, model: str | ResolvedModel = DEFAULT_MODEL, *,
+               exif_transpose: bool = True) -> np.ndarray:
+    """(1, 3, S, S) float32 RGB, exactly as `model`'s weights expect (OMZ accuracy checker's rule)."""
+    config = model.preprocess if isinstance(model, ResolvedModel) else resolve(model, None).preprocess
+    return preprocess_image(image, config, exif_transpose=exif_transpose)

@@ -13,29 +13,24 @@ from __future__ import annotations
 
 import itertools
 import os
-import platform
-import sys
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from importlib import metadata
 from pathlib import Path
 
 import numpy as np
 
 from .arch import DEFAULT_MODEL
 from .backends.base import Backend, predictions
-from .preprocess import IMAGE_SUFFIXES, image_files as list_images
 from .errors import EffnetError
+from .machine import cores as machine_cores, load_average, machine_info
+from .preprocessing import IMAGE_SUFFIXES, image_files as list_images
+from .resolved import ResolvedModel, Weights, resolve
 
 __all__ = ["BenchResult", "Measurement", "bench", "bench_end_to_end", "bench_engine", "format_report",
-           "machine_info", "measure", "percentiles"]
+           "measure", "percentiles"]
 
-# CPU features that decide which kernels the engines pick (Linux /proc/cpuinfo names).
-ISA_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512_vnni", "avx512_bf16", "avx512_fp16",
-             "avx_vnni", "amx_tile", "amx_bf16", "amx_int8")
-LIBRARIES = ("effnet", "numpy", "pillow", "torch", "onnxruntime", "openvino")
 PERCENTILES = (50, 90, 99)
 
 
@@ -73,7 +68,7 @@ class Measurement:
     def cpu_share(self) -> float:
         """Fraction of the machine's cores this process kept busy: well under 1 on a 2-core box
         means someone else had the CPU (or the pipeline starved)."""
-        cores = _cores()
+        cores = machine_cores()
         return self.cpu_s / (self.wall_s * cores) if self.wall_s > 0 else 0.0
 
 
@@ -127,6 +122,9 @@ class _TimedBackend:
         self.name = backend.name
         self.precision = backend.precision
         self.calls: list[float] = []
+
+    def settings(self) -> dict:
+        return self.inner.settings()
 
     def predict(self, crops: np.ndarray) -> np.ndarray:
         (probs,) = self.predict_stream([crops])
@@ -211,115 +209,6 @@ def image_files(folder: str | os.PathLike[str]) -> list[Path]:
     return files
 
 
-# ---- the machine ------------------------------------------------------------------------------
-
-def _cores() -> int:
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def _cpuinfo() -> tuple[str, set[str]]:
-    """(CPU model name, ISA flags) from /proc/cpuinfo; platform's vaguer answer elsewhere."""
-    model, flags = "", set()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as fh:
-            for line in fh:
-                key, _, value = line.partition(":")
-                key = key.strip()
-                if key == "model name" and not model:
-                    model = value.strip()
-                elif key == "flags" and not flags:
-                    flags = set(value.split())
-                if model and flags:
-                    break
-    except OSError:
-        pass
-    return model or platform.processor() or platform.machine(), flags
-
-
-def _version(dist: str) -> str | None:
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
-
-
-def machine_info() -> dict:
-    """CPU model, cores, the ISA flags that matter to the engines, memory, load, library versions."""
-    model, flags = _cpuinfo()
-    info: dict = {
-        "cpu": model,
-        "cores": _cores(),
-        "logical_cpus": os.cpu_count(),
-        "isa": [f for f in ISA_FLAGS if f in flags],
-        "os": f"{platform.system()} {platform.release()}",
-        "python": platform.python_version(),
-        "versions": {lib: v for lib in LIBRARIES if (v := _version(lib)) is not None},
-    }
-    try:
-        with open("/proc/meminfo", encoding="utf-8") as fh:
-            kb = int(next(line for line in fh if line.startswith("MemTotal")).split()[1])
-        info["memory_gib"] = round(kb / 2**20, 1)
-    except (OSError, StopIteration, ValueError):
-        pass
-    if "openvino" in sys.modules:  # only if already loaded: asking must not import an engine
-        try:
-            info["openvino_cpu_capabilities"] = sys.modules["openvino"].Core().get_property(
-                "CPU", "OPTIMIZATION_CAPABILITIES")
-        except Exception:  # noqa: BLE001 - a description, never a reason to fail a benchmark
-            pass
-    return info
-
-
-def _load() -> float | None:
-    try:
-        return round(os.getloadavg()[0], 2)
-    except (AttributeError, OSError):
-        return None
-
-
-def engine_settings(backend: Backend) -> dict:
-    """Threads/streams/hint as the engine actually chose them (not as asked)."""
-    out: dict = {}
-    compiled = getattr(backend, "compiled", None)  # OpenVINO
-    if compiled is not None:
-        for key, prop in (("hint", "PERFORMANCE_HINT"), ("streams", "NUM_STREAMS"),
-                          ("threads", "INFERENCE_NUM_THREADS"), ("inference_precision", "INFERENCE_PRECISION_HINT"),
-                          ("infer_requests", "OPTIMAL_NUMBER_OF_INFER_REQUESTS")):
-            try:
-                value = compiled.get_property(prop)
-            except Exception:  # noqa: BLE001 - an older or different plugin: report what it has
-                continue
-            out[key] = _plain(value)
-        static = getattr(backend, "static_batch", "n/a")
-        if static != "n/a":
-            out["request_batch"] = static if static is not None else "dynamic"
-        return out
-    session = getattr(backend, "session", None)  # ONNX Runtime
-    if session is not None:
-        threads = session.get_session_options().intra_op_num_threads
-        out["threads"] = threads or _cores()
-        out["streams"] = 1
-        return out
-    if backend.name == "torch":
-        import torch
-
-        out["threads"] = torch.get_num_threads()
-        out["streams"] = 1
-    return out
-
-
-def _plain(value):
-    """An OpenVINO property value as JSON-friendly data: ints stay, enums and types become short names."""
-    if isinstance(value, (bool, int, float, str)):
-        return value
-    if hasattr(value, "to_string"):  # ov.Type: 'bf16', 'f32'
-        return value.to_string()
-    return str(value).rsplit(".", 1)[-1]  # PerformanceMode.THROUGHPUT -> THROUGHPUT
-
-
 # ---- the result -------------------------------------------------------------------------------
 
 @dataclass
@@ -328,6 +217,7 @@ class BenchResult:
 
     mode: str  # "engine" (random crops) or "end-to-end" (files)
     model: str
+    weights_sha256: str | None  # None: random weights
     backend: str
     precision: str
     batch: int  # images per backend call
@@ -360,23 +250,23 @@ class BenchResult:
         return out
 
 
-def make_backend(kind: str, name: str, weights, precision: str | None, *, hint: str = "THROUGHPUT",
+def make_backend(kind: str, resolved: ResolvedModel, precision: str | None, *, hint: str = "THROUGHPUT",
                  streams: int | None = None, threads: int | None = None, request_batch="auto",
-                 calibration=None, cache_root=None) -> Backend:
+                 calibration=None, cache_root=None, log: Callable[[str], None] = lambda _: None) -> Backend:
     """A backend through `backends.create_backend`; `streams` is refused where the engine has none."""
     from .backends import create_backend, resolve_kind
 
     if streams is not None and resolve_kind(kind, precision) != "openvino":
         raise EffnetError(f"--streams is an OpenVINO setting; the {kind} backend has no streams")
-    return create_backend(kind, name, weights, precision, batch=request_batch, calibration=calibration,
-                          hint=hint, streams=streams, threads=threads, cache_root=cache_root)
+    return create_backend(kind, resolved, precision, batch=request_batch, calibration=calibration,
+                          hint=hint, streams=streams, threads=threads, cache_root=cache_root, log=log)
 
 
-def bench(name: str = DEFAULT_MODEL, weights="imagenet", *, backend: str = "auto", precision: str | None = None,
+def bench(model: str | ResolvedModel = DEFAULT_MODEL, weights: Weights = "imagenet", *, backend: str = "auto", precision: str | None = None,
           batch: int = 8, streams: int | None = None, hint: str = "THROUGHPUT", threads: int | None = None,
           seconds: float = 20.0, images: str | os.PathLike[str] | None = None, decode_workers: int | None = None,
           request_batch="auto", calibration: str | os.PathLike[str] | None = None, cache_root=None,
-          engine: Backend | None = None) -> BenchResult:
+          engine: Backend | None = None, log: Callable[[str], None] = lambda _: None) -> BenchResult:
     """Benchmark `name` on `backend` at `precision`: engine-only, or end to end over the `images` folder.
 
     `batch` is the number of images per backend call (the Classifier's batch size); an OpenVINO
@@ -385,18 +275,21 @@ def bench(name: str = DEFAULT_MODEL, weights="imagenet", *, backend: str = "auto
     1 for OpenVINO, one image per infer request).
     `engine`: an already built backend (then backend/precision/streams/threads are its own).
     """
-    from .weights import preprocess_config
-
     if seconds <= 0:
         raise EffnetError(f"--seconds must be > 0, got {seconds}")
-    config = preprocess_config(name)
     files = image_files(images) if images is not None else None
-    load_before = _load()
     if engine is None:
-        engine = make_backend(backend, name, weights, precision, hint=hint, streams=streams, threads=threads,
-                              request_batch=request_batch, calibration=calibration, cache_root=cache_root)
-    settings = engine_settings(engine)
-    common = {"model": name, "backend": engine.name, "precision": engine.precision, "batch": batch,
+        from .backends import resolve_kind
+
+        resolve_kind(backend, precision)  # a missing engine fails before any download or build
+    resolved = resolve(model, weights)
+    config = resolved.preprocess
+    load_before = load_average()
+    if engine is None:
+        engine = make_backend(backend, resolved, precision, hint=hint, streams=streams, threads=threads,
+                              request_batch=request_batch, calibration=calibration, cache_root=cache_root, log=log)
+    settings = engine.settings()
+    common = {"model": resolved.name, "weights_sha256": resolved.weights_sha256, "backend": engine.name, "precision": engine.precision, "batch": batch,
               "engine": settings}
     if files is None:
         m = bench_engine(engine, config.input_size, batch=batch, seconds=seconds)
@@ -405,7 +298,7 @@ def bench(name: str = DEFAULT_MODEL, weights="imagenet", *, backend: str = "auto
     else:
         from .classifier import Classifier
 
-        classifier = Classifier(name, weights, backend=engine, batch_size=batch, decode_workers=decode_workers)
+        classifier = Classifier(resolved, backend=engine, batch_size=batch, decode_workers=decode_workers)
         run = bench_end_to_end(classifier, files, seconds=seconds)
         m = run.measurement
         result = BenchResult(mode="end-to-end", throughput_ips=m.throughput, latency_ms=percentiles(m.latencies_s),
@@ -413,7 +306,7 @@ def bench(name: str = DEFAULT_MODEL, weights="imagenet", *, backend: str = "auto
                              infer_latency_ms=percentiles(run.infer_latencies_s), files=len(files),
                              failed=run.failed, errors=run.errors, decode_workers=classifier.decode_workers,
                              **common)
-    result.load_before, result.load_after = load_before, _load()
+    result.load_before, result.load_after = load_before, load_average()
     result.machine = machine_info()
     return result
 

@@ -1,14 +1,21 @@
-"""Checkpoint layouts: recognise foreign key formats, convert them to ours, and load all-or-nothing."""
+"""Checkpoint files: read them without running pickled code, recognise foreign key layouts, convert
+them to ours, and load all-or-nothing."""
 from __future__ import annotations
 
+import argparse
+import contextlib
+import os
+import pickle
 import re
+from collections.abc import Mapping
 from enum import Enum
+from pathlib import Path
 
 import torch
 from torch import nn
 
 from .arch import BlockKind, NetworkSpec
-from .errors import WeightsError
+from .errors import WeightsError, WeightsNotFoundError
 
 
 class Layout(Enum):
@@ -83,3 +90,83 @@ def load_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: s
         raise WeightsError(f"{source} does not fit {getattr(model, 'spec', None) and model.spec.variant.name or 'the model'}: "
                            + "; ".join(parts))
     model.load_state_dict(state_dict, strict=True)
+
+
+_PICKLE_SUFFIXES = {".pth", ".pt", ".bin", ".ckpt"}
+# Wrappers seen in training checkpoints (timm, torchvision references, Lightning, DeiT). EMA first:
+# timm publishes its EMA weights, and they are the better ones for inference.
+_WRAPPER_KEYS = ("state_dict_ema", "model_ema", "state_dict", "model", "module")
+# Plain-data classes that torch's weights-only unpickler refuses by default but that carry no code:
+# timm's train.py saves its argparse arguments beside the weights.
+_PLAIN_DATA_GLOBALS = [argparse.Namespace]
+
+
+def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint file (.safetensors, or .pth/.pt/.bin/.ckpt read without running code).
+
+    Wrappers such as {"state_dict": ...} are unwrapped, "module." prefixes stripped, non-tensors dropped.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsNotFoundError(f"weights file {path} does not exist")
+    suffix = path.suffix.lower()
+    if suffix == ".safetensors":
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        try:
+            raw: object = load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise WeightsError(f"{path} is not a valid safetensors file ({exc})") from exc
+    elif suffix in _PICKLE_SUFFIXES:
+        raw = _torch_load(path)
+    else:
+        raise WeightsError(
+            f"{path}: unsupported weights format {suffix or '(no extension)'}; use .safetensors, "
+            f"{', '.join(sorted(_PICKLE_SUFFIXES))}"
+        )
+    return _tensors(_unwrap(raw), path)
+
+
+def _torch_load(path: Path) -> object:
+    allow = getattr(torch.serialization, "safe_globals", None)  # torch >= 2.5
+    context = allow(_PLAIN_DATA_GLOBALS) if allow else contextlib.nullcontext()
+    try:
+        with context:
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if "weights only load failed" in str(exc).lower():
+            raise WeightsError(
+                f"{path} contains code (pickled Python objects other than tensors) and was not loaded. "
+                "Convert it where you trust it: torch.save(model.state_dict(), ...) or safetensors"
+            ) from exc
+        raise WeightsError(f"{path} is not a PyTorch checkpoint or is corrupt ({exc})") from exc
+    except Exception as exc:  # torch reports garbage as KeyError, EOFError, RuntimeError, ...
+        raise WeightsError(
+            f"{path} is not a PyTorch checkpoint or is corrupt ({type(exc).__name__}: {exc})"
+        ) from exc
+
+
+def _unwrap(obj: object) -> object:
+    for _ in range(4):  # wrappers nest at most a few levels, e.g. {"model": {"state_dict": ...}}
+        if not isinstance(obj, Mapping):
+            break
+        inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), Mapping)), None)
+        if inner is None:
+            break
+        obj = inner
+    return obj
+
+
+def _tensors(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    if not isinstance(obj, Mapping):
+        raise WeightsError(f"{path} holds a {type(obj).__name__}, not a state dict of tensors")
+    tensors: dict[str, torch.Tensor] = {}
+    for key, value in obj.items():
+        if isinstance(key, str) and isinstance(value, torch.Tensor):
+            while key.startswith("module."):  # nn.DataParallel / DistributedDataParallel
+                key = key[len("module."):]
+            tensors[key] = value
+    if not tensors:
+        raise WeightsError(f"{path} contains no tensors")
+    return tensors

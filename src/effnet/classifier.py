@@ -10,14 +10,13 @@ from typing import NamedTuple, TypeVar
 
 import numpy as np
 
-from .api import Weights
 from .arch import DEFAULT_MODEL
 from .backends import Backend, create_backend
 from .backends.base import predictions
 from .errors import EffnetError
 from .labels import imagenet_labels
-from .preprocess import ImageSource, center_crop, load_image
-from .weights import preprocess_config
+from .preprocessing import ImageSource, center_crop, load_image
+from .resolved import ResolvedModel, Weights, resolve
 
 
 T = TypeVar("T")
@@ -62,22 +61,37 @@ class Classifier:
     accuracy checker's exact behaviour, as `effnet eval` does).
     """
 
-    def __init__(self, name: str = DEFAULT_MODEL, weights: Weights = "imagenet", *,
+    def __init__(self, model: str | ResolvedModel = DEFAULT_MODEL, weights: Weights = "imagenet", *,
                  backend: str | Backend = "auto", precision: str | None = None,
                  calibration: str | os.PathLike | None = None, batch_size: int = 8,
-                 exif_transpose: bool = True, decode_workers: int | None = None) -> None:
-        """`backend`: an engine name (torch, onnxruntime, openvino, or auto: the fastest installed) run
-        at `precision` (None: the engine's default, bf16 for OpenVINO on CPUs that have it), or a
-        ready Backend. `calibration`: an image folder, for int8."""
-        self.name = name
-        self.config = preprocess_config(name)
+                 exif_transpose: bool = True, decode_workers: int | None = None,
+                 log: Callable[[str], None] = lambda _: None) -> None:
+        """`model`: a name (resolved here, once, with `weights`: "imagenet", a path, or None/"random")
+        or a ResolvedModel. `backend`: an engine name (torch, onnxruntime, openvino, or auto: the
+        fastest installed) run at `precision` (None: the engine's default, bf16 for OpenVINO on CPUs
+        that have it), or a ready Backend. `calibration`: an image folder, for int8. `log` hears one
+        line before long work (the first build of an engine model)."""
         if isinstance(backend, str):
-            backend = create_backend(backend, name, weights, precision, calibration=calibration)
+            from .backends import resolve_kind
+
+            resolve_kind(backend, precision)  # a missing engine or precision fails before any download
+        self.resolved = resolve(model, weights)
+        self.config = self.resolved.preprocess
+        if isinstance(backend, str):
+            backend = create_backend(backend, self.resolved, precision, calibration=calibration, log=log)
         self.backend = backend
         self.batch_size = batch_size
         self.exif_transpose = exif_transpose
         self.decode_workers = decode_workers or min(4, os.cpu_count() or 1)
         self.labels = imagenet_labels()
+
+    @property
+    def name(self) -> str:
+        return self.resolved.name
+
+    def describe(self) -> dict[str, str | None]:
+        """Which model, weights, engine and precision answer: what every output should carry."""
+        return {**self.resolved.describe(), "backend": self.backend.name, "precision": self.backend.precision}
 
     def crop(self, image: ImageSource) -> np.ndarray:
         """Decode one input and cut the (S, S, 3) uint8 crop the backend takes."""

@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .errors import DatasetError
 from .labels import NUM_CLASSES, wnid_to_index
-from .preprocess import IMAGE_SUFFIXES
+from .preprocessing import IMAGE_SUFFIXES
 
 ANNOTATIONS_FILE = "val.txt"
 LOC_SOLUTION_FILE = "LOC_val_solution.csv"

@@ -28,15 +28,13 @@ from typing import IO, Any
 
 import numpy as np
 
-from .api import Weights
 from .arch import DEFAULT_MODEL
 from .classifier import Classifier, bounded_map
 from .datasets import Dataset, Sample, load_dataset
 from .errors import EffnetError
+from .resolved import ResolvedModel, Weights, resolve
 from .weights import cache_dir
 
-# The OMZ card efficientnet-b7-pytorch, ImageNet val, original and converted model alike (percent).
-CARD_ACCURACY: dict[str, tuple[float, float]] = {"efficientnet_b7": (84.42, 96.91)}
 TOP = 5
 RESULTS_FILE = "results.jsonl"
 RUN_FILE = "run.json"
@@ -103,7 +101,7 @@ class Agreement:
 class EvalResult:
     """Accuracies in percent; the first configuration is the reference the others are compared with."""
 
-    model: str
+    model: ResolvedModel
     dataset: str
     configurations: tuple[ConfigResult, ...]
     agreement: tuple[Agreement, ...]
@@ -126,7 +124,9 @@ class EvalResult:
 
     @property
     def card(self) -> tuple[float, float] | None:
-        return CARD_ACCURACY.get(self.model)
+        """(top-1, top-5) the OMZ card publishes, where the weights are the card's file."""
+        card = self.model.card
+        return (card.top1, card.top5) if card and self.model.official_weights else None
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready: count/top1/top5 of the reference at the top, every configuration below."""
@@ -139,7 +139,7 @@ class EvalResult:
         card = self.card
         return {
             **{k: v for k, v in config(self.configurations[0]).items() if k not in ("backend", "precision")},
-            "model": self.model, "dataset": self.dataset,
+            "model": self.model.name, "weights_sha256": self.model.weights_sha256, "dataset": self.dataset,
             "card": {"top1": card[0], "top5": card[1]} if card else None,
             "configurations": [config(c) for c in self.configurations],
             "agreement": [{"backend": a.configuration.backend, "precision": a.configuration.precision,
@@ -166,7 +166,7 @@ class EvalResult:
         if self.agreement:
             rows.append([f"top-1 agreement with {ref} %", "-", *(f"{a.top1:.2f}" for a in self.agreement), ""])
             rows.append([f"max abs dprob vs {ref}", "-", *(f"{a.max_abs_dprob:.2e}" for a in self.agreement), ""])
-        lines = [f"**{self.model}** on {self.dataset}; top-1/top-5 with 95 % Wilson intervals", "", *_table(rows), ""]
+        lines = [f"**{self.model.name}** (weights {self.model.weights_id}) on {self.dataset}; top-1/top-5 with 95 % Wilson intervals", "", *_table(rows), ""]
         rate = ""
         if self.evaluated_now and self.seconds:
             rate = f", {self.evaluated_now / self.seconds:.1f} img/s end-to-end"
@@ -287,7 +287,7 @@ class Evaluation:
             Agreement(cfg, self.configurations[0], 100 * t.agree[i] / t.count if t.count else 0.0, t.max_dprob[i])
             for i, cfg in enumerate(self.configurations[1:]))
         dataset = f"{self.dataset.source} ({self.dataset.layout.value}, {len(self.dataset)} images)"
-        return EvalResult(self.classifiers[0].name, dataset, configs, agreement, tuple(sorted(t.failed.items())),
+        return EvalResult(self.classifiers[0].resolved, dataset, configs, agreement, tuple(sorted(t.failed.items())),
                           self.evaluated_now, self.seconds, self.results_file)
 
     def _decode(self, sample: Sample) -> tuple[Sample, np.ndarray | str]:
@@ -358,7 +358,7 @@ def default_resume_dir() -> Path:
     return cache_dir() / "eval"
 
 
-def run_directory(resume_dir: str | os.PathLike, model: str, weights: Weights,
+def run_directory(resume_dir: str | os.PathLike, model: ResolvedModel,
                   configurations: Sequence[Configuration], dataset: Dataset,
                   calibration: str | os.PathLike | None = None) -> Path:
     """Where a run's results live: one folder per (model, weights, configurations, full dataset).
@@ -366,23 +366,18 @@ def run_directory(resume_dir: str | os.PathLike, model: str, weights: Weights,
     The dataset part is the fingerprint before --limit, so runs with different limits share results.
     """
     int8 = any(c.precision == "int8" for c in configurations)
-    identity = {"format": 1, "model": model, "weights": _weights_identity(weights),
+    identity = {"format": 2, "model": model.name, "weights": _weights_identity(model),
                 "configurations": [[c.backend, c.precision] for c in configurations],
                 "calibration": os.fspath(Path(calibration).resolve()) if int8 and calibration else None,
                 "dataset": dataset.fingerprint(), "preprocess": "omz-accuracy-checker, no EXIF"}
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
     columns = "+".join(f"{c.backend}-{c.precision}" for c in configurations)
-    return Path(resume_dir) / f"{model}-{columns}-{digest}"
+    return Path(resume_dir) / f"{model.name}-{columns}-{digest}"
 
 
-def _weights_identity(weights: Weights) -> str:
-    if weights is None:
-        return f"random-{uuid.uuid4()}"  # random init differs each time: never resume it
-    if isinstance(weights, str) and weights == "imagenet":
-        return "imagenet"  # the registry's file, verified by sha256 when it is loaded
-    path = Path(weights).expanduser().resolve()
-    st = path.stat()
-    return f"{path}:{st.st_size}:{st.st_mtime_ns}"  # a replaced file is a new run
+def _weights_identity(model: ResolvedModel) -> str:
+    """The weights' sha256; random init differs each time, so it never resumes."""
+    return model.weights_sha256 or f"random-{uuid.uuid4()}"
 
 
 def configurations(backends: Sequence[str], precisions: Sequence[str]) -> list[Configuration]:
@@ -402,14 +397,14 @@ def configurations(backends: Sequence[str], precisions: Sequence[str]) -> list[C
     return list(dict.fromkeys(Configuration(b, p) for b, p in runnable))
 
 
-def build_classifier(model: str, weights: Weights, configuration: Configuration = Configuration(),
+def build_classifier(model: ResolvedModel, configuration: Configuration = Configuration(),
                      batch_size: int = 8, calibration: str | os.PathLike | None = None) -> Classifier:
     """A Classifier for one column of the table, preprocessing exactly as the accuracy checker does."""
-    return Classifier(model, weights, backend=configuration.backend, precision=configuration.precision,
+    return Classifier(model, backend=configuration.backend, precision=configuration.precision,
                       calibration=calibration, batch_size=batch_size, exif_transpose=False)
 
 
-def evaluate(data: str | os.PathLike, *, model: str = DEFAULT_MODEL, weights: Weights = "imagenet",
+def evaluate(data: str | os.PathLike, *, model: str | ResolvedModel = DEFAULT_MODEL, weights: Weights = "imagenet",
              configurations: Sequence[Configuration] = (Configuration(),),
              annotations: str | os.PathLike | None = None, limit: int | None = None, batch_size: int = 8,
              calibration: str | os.PathLike | None = None, resume_dir: str | os.PathLike | None = None,
@@ -422,12 +417,13 @@ def evaluate(data: str | os.PathLike, *, model: str = DEFAULT_MODEL, weights: We
     """
     full = load_dataset(data, annotations)
     dataset = full.subset(limit)
-    classifiers = [build_classifier(model, weights, c, batch_size, calibration) for c in configurations]
+    model = resolve(model, weights)
+    classifiers = [build_classifier(model, c, batch_size, calibration) for c in configurations]
     resolved = [Configuration(c.backend.name, c.backend.precision) for c in classifiers]  # "auto" -> its engine
     folder = run_directory(resume_dir if resume_dir is not None else default_resume_dir(),
-                           model, weights, resolved, full, calibration)
+                           model, resolved, full, calibration)
     folder.mkdir(parents=True, exist_ok=True)
-    _write_run_file(folder / RUN_FILE, model, weights, resolved, full)
+    _write_run_file(folder / RUN_FILE, model, resolved, full)
     evaluation = Evaluation(dataset, classifiers, folder / RESULTS_FILE)
     show = sys.stderr.isatty() if progress is None else progress
     from tqdm import tqdm
@@ -443,13 +439,13 @@ def evaluate(data: str | os.PathLike, *, model: str = DEFAULT_MODEL, weights: We
     return evaluation.result()
 
 
-def _write_run_file(path: Path, model: str, weights: Weights, configurations: Sequence[Configuration],
+def _write_run_file(path: Path, model: ResolvedModel, configurations: Sequence[Configuration],
                     dataset: Dataset) -> None:
     """A human-readable note of what the folder holds (the folder name is only a hash)."""
     if path.exists():
         return
     path.write_text(json.dumps({
-        "model": model, "weights": _weights_identity(weights) if weights is not None else None,
+        "model": model.name, "weights_sha256": model.weights_sha256,
         "configurations": [str(c) for c in configurations], "dataset": os.fspath(dataset.source),
         "layout": dataset.layout.value, "images": len(dataset), "fingerprint": dataset.fingerprint(),
     }, indent=2) + "\n", encoding="utf-8")

@@ -6,33 +6,21 @@ openvino; a missing one raises MissingEngineError naming the extra that installs
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
+from typing import Literal
 
-from ..arch import DEFAULT_MODEL
+from ..engines import ALL_PRECISIONS, ENGINE_MODULES, KINDS, PRECISIONS, SPEED_ORDER
 from ..errors import EffnetError
+from ..resolved import ResolvedModel
 from .base import Backend
-
-if TYPE_CHECKING:
-    from ..api import Weights
-
-KINDS = ("torch", "onnxruntime", "openvino", "auto")
-# Fastest first on x86 CPUs (B7, 2 AVX-512 cores): what `auto` tries, in order.
-SPEED_ORDER = ("openvino", "onnxruntime", "torch")
-PRECISIONS: dict[str, tuple[str, ...]] = {
-    "torch": ("fp32", "bf16"),
-    "onnxruntime": ("fp32",),
-    "openvino": ("fp32", "bf16", "fp16", "int8"),
-}
-ALL_PRECISIONS = tuple(dict.fromkeys(p for ps in PRECISIONS.values() for p in ps))  # fp32, bf16, fp16, int8
-_MODULES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
 
 
 def available_backends() -> list[str]:
     """Installed engines, fastest first."""
-    from ..export.optional import installed
+    from ..optional import installed
 
-    return [k for k in SPEED_ORDER if k not in _MODULES or installed(_MODULES[k])]
+    return [k for k in SPEED_ORDER if k not in ENGINE_MODULES or installed(ENGINE_MODULES[k])]
 
 
 def default_precision(kind: str) -> str:
@@ -40,14 +28,15 @@ def default_precision(kind: str) -> str:
     about 1.9x fp32 on B7 here), fp32 elsewhere."""
     if kind != "openvino":
         return "fp32"
-    from ..export.optional import require
+    from ..optional import require
 
     capabilities = require("openvino").Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
     return "bf16" if "BF16" in capabilities else "fp32"
 
 
 def resolve_kind(kind: str, precision: str | None = "fp32") -> str:
-    """`auto` -> the fastest installed engine that runs `precision` (None: any); other kinds are checked."""
+    """`auto` -> the fastest installed engine that runs `precision` (None: any); other kinds are checked,
+    installed included, so that a missing engine is reported before any work starts."""
     if precision is None:
         precision = "fp32"  # every engine runs it; the engine's own default is picked afterwards
     if kind not in KINDS:
@@ -60,56 +49,58 @@ def resolve_kind(kind: str, precision: str | None = "fp32") -> str:
         raise EffnetError(f"no installed engine runs {precision}; it needs {' or '.join(need)} "
                           f"(pip install 'effnet[{need[0]}]')")
     if precision not in PRECISIONS[kind]:
-        raise EffnetError(f"{kind} runs {', '.join(PRECISIONS[kind])}, not {precision}")
+        raise EffnetError(f"the {kind} backend runs {', '.join(PRECISIONS[kind])}, not {precision} "
+                          f"(--precision)")
+    if kind in ENGINE_MODULES:
+        from ..optional import require
+
+        require(ENGINE_MODULES[kind])
     return kind
 
 
-def create_backend(kind: str = "torch", name: str = DEFAULT_MODEL, weights: Weights = "imagenet",
-                   precision: str | None = "fp32", *, batch: int | None | Literal["auto"] = "auto",
+def create_backend(kind: str, resolved: ResolvedModel, precision: str | None = "fp32", *,
+                   batch: int | None | Literal["auto"] = "auto",
                    calibration: str | os.PathLike[str] | None = None, hint: str = "THROUGHPUT",
                    streams: int | None = None, threads: int | None = None,
-                   cache_root: str | os.PathLike[str] | None = None) -> Backend:
-    """An engine running `name` with `weights` ("imagenet", a file, or None for random) at `precision`
-    (None: the engine's default, see `default_precision`).
+                   cache_root: str | os.PathLike[str] | None = None,
+                   log: Callable[[str], None] = lambda _: None) -> Backend:
+    """An engine running the resolved model at `precision` (None: the engine's default, see
+    `default_precision`).
 
     `auto` picks the fastest installed engine (OpenVINO on x86 CPUs). ONNX and IR files are exported
     on first use and cached under `cache_root` (default: effnet's cache dir), keyed by model, weights
-    digest, precision, batch and effnet version; OpenVINO also caches its compiled blob there.
+    sha256, precision, batch and effnet version; OpenVINO also caches its compiled blob there.
     `batch`: the exported model's batch (None: any). "auto": 1 for OpenVINO, which spreads a call's
     images over its infer requests (a fixed shape also answers the first call sooner), any for ONNX Runtime.
     `calibration`: image folder, needed for int8. `hint`, `streams`: OpenVINO's performance settings.
+    `log` hears one line before long work (the first build of an engine model).
     """
-    from ..weights import cache_dir, preprocess_config
+    from ..weights import cache_dir
 
     kind = resolve_kind(kind, precision)
     precision = precision or default_precision(kind)
-    config = preprocess_config(name)
     root = Path(cache_root) if cache_root is not None else cache_dir()
     if kind == "torch":
-        from ..api import create_model
         from .torch_backend import TorchBackend
 
-        return TorchBackend(create_model(name, weights), config, bf16=precision == "bf16")
-    from ..export.optional import require
-
-    require(_MODULES[kind])  # fail before any export work
+        return TorchBackend(resolved.create_model(), resolved.preprocess, bf16=precision == "bf16")
     if kind == "onnxruntime":
         from ..export.cache import cached_onnx
         from .onnxruntime_backend import OnnxRuntimeBackend
 
-        path = cached_onnx(name, weights, batch=None if batch == "auto" else batch, root=root / "exports")
-        return OnnxRuntimeBackend(path, config, threads=threads)
-    from ..export.cache import cached_ir
+        path = cached_onnx(resolved, batch=None if batch == "auto" else batch, root=root / "exports")
+        return OnnxRuntimeBackend(path, resolved.preprocess, threads=threads)
     from .openvino_backend import OpenVINOBackend
+    from .openvino_graph import engine_ir
 
-    ir_precision = "fp32" if precision == "bf16" else precision  # bf16 is a compute mode, not a file
-    xml = cached_ir(name, weights, precision=ir_precision, batch=1 if batch == "auto" else batch,
-                    calibration=calibration, engine=True, root=root / "exports")
+    file_precision = "fp32" if precision == "bf16" else precision  # bf16 is a compute mode, not a file
+    xml = engine_ir(resolved, precision=file_precision, batch=1 if batch == "auto" else batch,
+                    calibration=calibration, root=root / "exports", log=log)
     # Random weights make a throwaway model: keep its compiled blob out of the cache.
-    blobs = root / "openvino" if weights is not None else None
+    blobs = root / "openvino" if not resolved.random_weights else None
     return OpenVINOBackend(xml, precision=precision, hint=hint, cache_dir=blobs, streams=streams,
                            threads=threads)
 
 
-__all__ = ["ALL_PRECISIONS", "KINDS", "PRECISIONS", "Backend", "available_backends", "create_backend", "default_precision",
-           "resolve_kind"]
+__all__ = ["ALL_PRECISIONS", "KINDS", "PRECISIONS", "Backend", "available_backends", "create_backend",
+           "default_precision", "resolve_kind"]

@@ -21,6 +21,10 @@ class Backend(Protocol):
         """(N, S, S, 3) uint8 RGB -> (N, 1000) float32 softmax probabilities; N may be 0."""
         ...
 
+    def settings(self) -> dict:
+        """How the engine actually runs (threads, streams, hint, ...), as plain data for reports."""
+        ...
+
 
 @runtime_checkable
 class StreamingBackend(Backend, Protocol):

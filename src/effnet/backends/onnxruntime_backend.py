@@ -5,9 +5,10 @@ import os
 
 import numpy as np
 
-from ..export.onnx import INPUT, OUTPUT
-from ..export.optional import require
-from ..preprocess import PreprocessConfig
+from ..engines import INPUT_NAME as INPUT
+from ..engines import OUTPUT_NAME as OUTPUT
+from ..optional import require
+from ..preprocessing import PreprocessConfig
 
 
 class OnnxRuntimeBackend:
@@ -26,6 +27,10 @@ class OnnxRuntimeBackend:
         self.static_batch = self.session.get_inputs()[0].shape[0]
         if not isinstance(self.static_batch, int):
             self.static_batch = None
+
+    def settings(self) -> dict:
+        threads = self.session.get_session_options().intra_op_num_threads
+        return {"threads": threads or os.cpu_count(), "streams": 1}  # 0: ONNX Runtime's default, all cores
 
     def predict(self, crops: np.ndarray) -> np.ndarray:
         if len(crops) == 0:

@@ -15,11 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
+from ..engines import HINTS, PRECISIONS
 from ..errors import EffnetError
-from ..export.optional import require
-
-PRECISIONS = ("fp32", "bf16", "fp16", "int8")
-HINTS = ("THROUGHPUT", "LATENCY")
+from ..optional import require
 
 
 def inference_precision(precision: str, capabilities: list[str]) -> str:
@@ -48,10 +46,11 @@ class OpenVINOBackend:
     def __init__(self, xml: str | os.PathLike[str], *, precision: str = "fp32", hint: str = "THROUGHPUT",
                  cache_dir: str | os.PathLike[str] | None = None, requests: int | None = None,
                  streams: int | None = None, threads: int | None = None) -> None:
-        """`xml`: an IR made by export.openvino.engine_model (uint8 RGB crops in): cached_ir(engine=True)."""
+        """`xml`: an engine IR (uint8 RGB crops in), as openvino_graph.engine_ir builds it."""
         ov = require("openvino")
-        if precision not in PRECISIONS:
-            raise EffnetError(f"openvino precision must be one of {', '.join(PRECISIONS)}, got {precision!r}")
+        if precision not in PRECISIONS["openvino"]:
+            raise EffnetError(f"openvino precision must be one of {', '.join(PRECISIONS['openvino'])}, "
+                              f"got {precision!r}")
         if hint not in HINTS:
             raise EffnetError(f"performance hint must be one of {', '.join(HINTS)}, got {hint!r}")
         self.precision = precision
@@ -69,7 +68,7 @@ class OpenVINOBackend:
         self.compiled = self._compile(core, xml, config, cached=cache_dir is not None)
         data = self.compiled.input(0)
         if data.get_element_type() != ov.Type.u8:
-            raise EffnetError(f"{xml} does not take uint8 crops; build it with cached_ir(..., engine=True)")
+            raise EffnetError(f"{xml} does not take uint8 crops; build it with openvino_graph.engine_ir")
         batch = data.get_partial_shape()[0]
         self.static_batch = batch.get_length() if batch.is_static else None
         self.requests = requests or self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS")
@@ -88,6 +87,19 @@ class OpenVINOBackend:
             except RuntimeError:
                 pass
         return core.compile_model(str(xml), "CPU", config)
+
+    def settings(self) -> dict:
+        """Hint, streams, threads, compute precision and requests as the plugin actually chose them."""
+        out: dict = {}
+        for key, prop in (("hint", "PERFORMANCE_HINT"), ("streams", "NUM_STREAMS"),
+                          ("threads", "INFERENCE_NUM_THREADS"), ("inference_precision", "INFERENCE_PRECISION_HINT"),
+                          ("infer_requests", "OPTIMAL_NUMBER_OF_INFER_REQUESTS")):
+            try:
+                out[key] = _plain(self.compiled.get_property(prop))
+            except RuntimeError:  # an older or different plugin: report what it has
+                continue
+        out["request_batch"] = self.static_batch if self.static_batch is not None else "dynamic"
+        return out
 
     def predict(self, crops: np.ndarray) -> np.ndarray:
         (probs,) = self.predict_stream([crops])
@@ -136,6 +148,15 @@ class OpenVINOBackend:
     def _collect(request, userdata: tuple[_Batch, int]) -> None:
         batch, start = userdata
         batch.collect(start, request.get_output_tensor(0).data)
+
+
+def _plain(value):
+    """An OpenVINO property value as JSON-friendly data: ints stay, enums and types become short names."""
+    if isinstance(value, (bool, int, float, str)):
+        return value
+    if hasattr(value, "to_string"):  # ov.Type: 'bf16', 'f32'
+        return value.to_string()
+    return str(value).rsplit(".", 1)[-1]  # PerformanceMode.THROUGHPUT -> THROUGHPUT
 
 
 class _Batch:

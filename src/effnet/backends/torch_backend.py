@@ -5,7 +5,7 @@ import numpy as np
 import torch
 
 from ..model import EfficientNet
-from ..preprocess import PreprocessConfig, normalize
+from ..preprocessing import PreprocessConfig, normalize
 
 
 class TorchBackend:
@@ -20,6 +20,9 @@ class TorchBackend:
         if channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
         self.config = config
+
+    def settings(self) -> dict:
+        return {"threads": torch.get_num_threads(), "streams": 1}
 
     def predict(self, crops: np.ndarray) -> np.ndarray:
         if len(crops) == 0:

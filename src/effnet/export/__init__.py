@@ -3,6 +3,7 @@ converted model, raw BGR in with mean/scale folded), plus NNCF INT8; each checke
 
 Talks to the model and weights only; the engines (onnxruntime, openvino, nncf) are imported on use.
 """
+from .build import build_ir
 from .cache import cached_ir, cached_onnx
 from .onnx import export_onnx
 from .openvino import export_openvino
@@ -10,5 +11,5 @@ from .pipeline import FORMATS, PRECISIONS, Exported, ParityError, export_model
 from .quantize import quantize_int8
 from .verify import Agreement, compare
 
-__all__ = ["FORMATS", "PRECISIONS", "Agreement", "Exported", "ParityError", "cached_ir", "cached_onnx",
+__all__ = ["FORMATS", "PRECISIONS", "Agreement", "build_ir", "Exported", "ParityError", "cached_ir", "cached_onnx",
            "compare", "export_model", "export_onnx", "export_openvino", "quantize_int8"]

@@ -3,19 +3,22 @@ from __future__ import annotations
 
 import json
 
+from ..engines import INPUT_NAME, OUTPUT_NAME
 from ..labels import imagenet_labels
-from ..preprocess import PreprocessConfig
+from ..resolved import ResolvedModel
 
 SECTION = "effnet"  # rt_info section of the IR; ONNX metadata keys get the same names
 
 
-def describe(name: str, config: PreprocessConfig, *, color: str, folded: bool) -> dict[str, str]:
+def describe(resolved: ResolvedModel, *, color: str, folded: bool) -> dict[str, str]:
     """String facts for the exported model. `folded`: mean/scale are inside the graph (the IR), so a
     caller feeds raw 0-255 pixels; otherwise (ONNX) it feeds (x - mean) / std itself."""
+    config = resolved.preprocess
     return {
-        "model_name": name,
-        "input": "data",
-        "output": "prob",
+        "model_name": resolved.name,
+        "weights_sha256": resolved.weights_sha256 or "random",
+        "input": INPUT_NAME,
+        "output": OUTPUT_NAME,
         "color_order": color,
         "input_range": "0-255, mean and scale applied in the graph" if folded else "(x - mean) / std",
         "mean_values": json.dumps(list(config.mean)),

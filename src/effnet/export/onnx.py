@@ -10,11 +10,12 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..engines import INPUT_NAME as INPUT
+from ..engines import OUTPUT_NAME as OUTPUT
 from ..model import EfficientNet
-from .optional import require
+from ..optional import require
 
 OPSET = 17  # read by every ONNX Runtime and OpenVINO release the extras allow
-INPUT, OUTPUT = "data", "prob"
 
 
 class WithSoftmax(nn.Module):

@@ -9,18 +9,17 @@ from pathlib import Path
 
 import numpy as np
 
-from ..api import Weights, create_model
-from ..arch import DEFAULT_MODEL
+from ..engines import FILE_PRECISIONS as PRECISIONS
 from ..errors import EffnetError
-from ..weights import preprocess_config
+from ..resolved import ResolvedModel
+from .build import ir_from_onnx
 from .metadata import describe
 from .onnx import export_onnx, run_onnx
-from .openvino import bgr_nchw, convert_onnx, run_ir, save_ir
-from .quantize import DEFAULT_SUBSET, asymmetric_activations, image_files, load_crops, quantize_int8, split_holdout
+from .openvino import bgr_nchw, run_ir, save_ir
+from .quantize import DEFAULT_SUBSET, image_files, load_crops, split_holdout
 from .verify import FP32_TOLERANCE, Agreement, compare, normalized_nchw, synthetic_crops, torch_probabilities
 
 FORMATS = ("onnx", "openvino")
-PRECISIONS = ("fp32", "fp16", "int8")
 VERIFY_IMAGES = 8  # fp32/fp16 parity: a few images prove the graph; agreement statistics need more
 
 
@@ -55,8 +54,7 @@ def ir_filename(name: str, precision: str) -> str:
     return f"{name}.xml" if precision == "fp32" else f"{name}-{precision}.xml"
 
 
-def export_model(name: str = DEFAULT_MODEL, weights: Weights = "imagenet", *, output: str | os.PathLike[str],
-                 formats: Sequence[str] = ("onnx",), precision: str = "fp32", batch: int | None = 1,
+def export_model(resolved: ResolvedModel, *, output: str | os.PathLike[str], formats: Sequence[str] = ("onnx",), precision: str = "fp32", batch: int | None = 1,
                  calibration: str | os.PathLike[str] | None = None, subset_size: int = DEFAULT_SUBSET,
                  verify: bool = True, log: Callable[[str], None] = lambda _: None) -> list[Exported]:
     """Write `name` in each of `formats` under `output`; ONNX is always fp32, `precision` is the IR's.
@@ -66,10 +64,10 @@ def export_model(name: str = DEFAULT_MODEL, weights: Weights = "imagenet", *, ou
     one kept back to measure agreement on images it did not see.
     """
     check_request(formats, precision, calibration)
-    config = preprocess_config(name)
+    config, name = resolved.preprocess, resolved.name
     output = Path(output)
-    log(f"building {name} ({weights or 'random'} weights) at {config.input_size}x{config.input_size}")
-    model = create_model(name, weights, input_size=config.input_size)
+    log(f"building {name} (weights {resolved.weights_id}) at {config.input_size}x{config.input_size}")
+    model = resolved.create_model(input_size=config.input_size)
     calib_files, held_files = (split_holdout(image_files(calibration), subset_size)
                                if calibration is not None else ([], []))
     samples, reference = None, None
@@ -83,19 +81,15 @@ def export_model(name: str = DEFAULT_MODEL, weights: Weights = "imagenet", *, ou
     with tempfile.TemporaryDirectory(prefix="effnet-export-") as tmp:
         onnx_path = output / f"{name}.onnx" if "onnx" in formats else Path(tmp) / f"{name}.onnx"
         log(f"exporting ONNX ({'dynamic' if batch is None else batch} batch)")
-        export_onnx(model, onnx_path, batch=batch, metadata=describe(name, config, color="RGB", folded=False))
+        export_onnx(model, onnx_path, batch=batch, metadata=describe(resolved, color="RGB", folded=False))
         if "onnx" in formats:
             agreement = None
             if reference is not None:
                 agreement = _check(reference, run_onnx(onnx_path, normalized_nchw(samples, config)), "fp32", "onnx")
             results.append(Exported("onnx", "fp32", onnx_path, agreement))
         if "openvino" in formats:
-            ir = convert_onnx(onnx_path, config, describe(name, config, color="BGR", folded=True))
-            if precision == "int8":
-                crops = load_crops(calib_files, config, desc="calibration images")
-                log(f"quantizing with NNCF on {len(crops)} images")
-                ir = quantize_int8(ir, crops, subset_size=subset_size,
-                                   asymmetric_activations=asymmetric_activations(name))
+            ir = ir_from_onnx(resolved, onnx_path, precision, calibration_files=calib_files,
+                              subset_size=subset_size, log=log)
             xml = save_ir(ir, output / ir_filename(name, precision), precision)
             agreement = None
             if reference is not None:

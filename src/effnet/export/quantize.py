@@ -10,12 +10,12 @@ from typing import TYPE_CHECKING
 import numpy as np
 from tqdm import tqdm
 
-from ..arch import Activation, network_spec
+from ..arch import Activation, NetworkSpec
 from ..errors import EffnetError, ImageError
-from ..preprocess import IMAGE_SUFFIXES, PreprocessConfig, center_crop, load_image
-from ..preprocess import image_files as list_images
+from ..preprocessing import IMAGE_SUFFIXES, PreprocessConfig, center_crop, load_image
+from ..preprocessing import image_files as list_images
 from .openvino import bgr_nchw
-from .optional import require
+from ..optional import require
 
 if TYPE_CHECKING:
     import openvino as ov
@@ -58,9 +58,9 @@ def split_holdout(files: Sequence[Path], subset_size: int = DEFAULT_SUBSET,
     return calibration, held
 
 
-def asymmetric_activations(name: str) -> bool:
-    """Whether `name`'s activations call for asymmetric int8 ranges (SiLU: yes; Lite's ReLU6: no)."""
-    return network_spec(name).activation is Activation.SILU
+def asymmetric_activations(spec: NetworkSpec) -> bool:
+    """Whether the network's activations call for asymmetric int8 ranges (SiLU: yes; Lite's ReLU6: no)."""
+    return spec.activation is Activation.SILU
 
 
 def quantize_int8(model: ov.Model, crops: np.ndarray, *, subset_size: int = DEFAULT_SUBSET,

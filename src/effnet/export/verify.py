@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from ..model import EfficientNet
-from ..preprocess import PreprocessConfig, normalize
+from ..preprocessing import PreprocessConfig, normalize
 
 FP32_TOLERANCE = 1e-4  # on probabilities; fp32 engines reorder sums, nothing more
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-from ..errors import MissingEngineError
+from .errors import MissingEngineError
 
 # Which extra brings each optional module (pyproject's [project.optional-dependencies]).
 EXTRAS = {"onnx": "onnx", "onnxruntime": "onnx", "openvino": "openvino", "nncf": "int8"}

@@ -13,7 +13,7 @@ from PIL import Image, ImageFile
 from skimage import data as skdata
 
 from effnet.errors import ImageError
-from effnet.preprocess import (
+from effnet.preprocessing import (
     Interpolation,
     PreprocessConfig,
     center_crop,

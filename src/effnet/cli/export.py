@@ -1,0 +1,48 @@
+"""`effnet export`: the card's ONNX and OpenVINO IR files, verified against PyTorch."""
+from __future__ import annotations
+
+import argparse
+import sys
+
+from .options import comma_list, model_option, positive_int, weights_option
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    from ..export import FORMATS, PRECISIONS
+
+    p = sub.add_parser("export", help="write the card's ONNX and/or OpenVINO IR (fp32, fp16, int8), verified",
+                       description="ONNX: the card's original model (input 'data' normalised RGB, output 'prob'). "
+                                   "OpenVINO IR: the card's converted model (input 'data' raw 0-255 BGR, mean and "
+                                   "scale folded in). Each file is checked against PyTorch after it is written.")
+    model_option(p)
+    weights_option(p)
+    p.add_argument("--format", type=comma_list(FORMATS), required=True, metavar="F[,F..]",
+                   help=f"{', '.join(FORMATS)}")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+                   help="the IR's: fp32 (default), fp16 weights, or int8 (NNCF, needs --calibration); ONNX is fp32")
+    p.add_argument("--batch", default="1", choices=("1", "dynamic"), help="batch axis: 1 (the card's) or dynamic")
+    p.add_argument("--calibration", metavar="DIR",
+                   help="photos for int8 calibration (every fifth is kept back to measure agreement)")
+    p.add_argument("--calibration-size", type=positive_int, default=300, metavar="N",
+                   help="images used to calibrate (default 300)")
+    p.add_argument("--output", required=True, metavar="DIR", help="where the files are written")
+    p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
+                   help="compare with PyTorch after writing; fp32 must match within 1e-4 (default on)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..export import export_model
+    from ..resolved import resolve
+
+    results = export_model(resolve(args.model, args.weights), output=args.output, formats=args.format,
+                           precision=args.precision, batch=None if args.batch == "dynamic" else 1,
+                           calibration=args.calibration, subset_size=args.calibration_size, verify=args.verify,
+                           log=lambda line: print(f"effnet: {line}", file=sys.stderr, flush=True))
+    for result in results:
+        print(f"{result.format} {result.precision}: {result.path}")
+        if result.agreement is not None:
+            print(f"  vs PyTorch fp32 on {result.agreement}")
+            if result.precision == "int8" and result.agreement.top1 < 0.995:
+                print("  (below the 99.5 % top-1 target: calibrate on more, and more typical, photos)")
+    return 0

@@ -1,0 +1,88 @@
+"""`effnet info` and `effnet download`: what a model is, and its official weights into the cache."""
+from __future__ import annotations
+
+import argparse
+import json
+
+from .options import model_option
+
+
+def add_info(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("info", help="architecture, size, cost, input/output contract and weights of a model")
+    model_option(p)
+    p.add_argument("--json", action="store_true", help="one JSON object")
+    p.set_defaults(run=run_info)
+
+
+def model_info(name: str) -> dict:
+    """Everything `effnet info` prints, as plain data."""
+    from ..arch import network_spec
+    from ..complexity import complexity
+    from ..registry import weights_entry
+    from ..weights import cached_file
+
+    spec, entry = network_spec(name), weights_entry(name)
+    cost, cfg = complexity(name, entry.preprocess.input_size), entry.preprocess
+    cached = cached_file(entry)
+    s = cfg.input_size
+    return {
+        "model": name,
+        "family": spec.variant.family.name,
+        "scaling": {"width": spec.variant.width, "depth": spec.variant.depth,
+                    "resolution": spec.variant.resolution, "dropout": spec.variant.dropout},
+        "stem_channels": spec.stem_channels,
+        "stages": [{"block": st[0].kind.name.lower(), "repeats": len(st), "kernel": st[0].kernel,
+                    "stride": st[0].stride, "expansion": st[0].expansion, "channels": st[0].out_channels,
+                    "squeeze_excite": st[0].se_channels > 0} for st in spec.stages],
+        "blocks": len(spec.blocks),
+        "head_channels": spec.head_channels,
+        "activation": spec.activation.value,
+        "parameters": cost.params,
+        "parameters_bn_folded": cost.params_folded,
+        "gflops": round(cost.gflops, 3),
+        "input": {"name": "data", "shape": [1, 3, s, s], "order": "RGB", "mean": list(cfg.mean),
+                  "std": list(cfg.std), "resize": cfg.resize_size, "crop": s,
+                  "interpolation": cfg.interpolation.value},
+        "output": {"name": "prob", "shape": [1, 1000], "meaning": "softmax probabilities over ImageNet-1k"},
+        "weights": {"url": entry.url, "file": entry.filename, "sha256": entry.sha256,
+                    "hash": entry.describe_hash(), "size": entry.size,
+                    "cached": str(cached) if cached else None},
+    }
+
+
+def run_info(args: argparse.Namespace) -> int:
+    info = model_info(args.model)
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    inp, out, w = info["input"], info["output"], info["weights"]
+    print(f"{info['model']} ({info['family']}; width x{info['scaling']['width']}, depth x{info['scaling']['depth']}, "
+          f"{info['activation']})")
+    print(f"  stem {info['stem_channels']} -> {info['blocks']} blocks -> head {info['head_channels']} -> 1000")
+    print("  stage  block    repeats  kernel  stride  channels  SE")
+    for i, st in enumerate(info["stages"], 1):
+        print(f"  {i:>5}  {'MBConv' + str(st['expansion']):<7}  {st['repeats']:>7}  {st['kernel']}x{st['kernel']:<4}  "
+              f"{st['stride']:>6}  {st['channels']:>8}  {'yes' if st['squeeze_excite'] else 'no'}")
+    print(f"  parameters      {info['parameters']:,} ({info['parameters_bn_folded']:,} with BatchNorm folded)")
+    print(f"  GFLOPs          {info['gflops']:.3f} at {inp['crop']}x{inp['crop']}")
+    print(f"  input  {inp['name']}  {'x'.join(map(str, inp['shape']))} {inp['order']}, resize {inp['resize']} "
+          f"{inp['interpolation']}, centre crop {inp['crop']}, mean {inp['mean']}, std {inp['std']}")
+    print(f"  output {out['name']}  {'x'.join(map(str, out['shape']))} {out['meaning']}")
+    print(f"  weights {w['url']}")
+    print(f"          {w['hash']}" + (f", {w['size']:,} bytes" if w["size"] else ""))
+    print(f"          {'local copy ' + w['cached'] if w['cached'] else 'not downloaded yet (effnet download)'}")
+    return 0
+
+
+def add_download(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("download", help="download and verify a model's official weights into the cache")
+    model_option(p)
+    p.set_defaults(run=run_download)
+
+
+def run_download(args: argparse.Namespace) -> int:
+    from ..registry import weights_entry
+    from ..weights import download
+
+    print(download(weights_entry(args.model), progress=True))
+    return 0

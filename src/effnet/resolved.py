@@ -1,0 +1,107 @@
+"""The model resolved once: name, network, registry entry (with the card's figures), preprocessing, and
+the weights file actually used with its sha256. Everything below the API receives this, never a name.
+
+`resolve` is the only place a model name and a `weights` value are looked up; like CLIP's `load()`,
+what it returns carries the preprocessing together with the network it belongs to.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Union
+
+from .arch import DEFAULT_MODEL, NetworkSpec, network_spec
+from .errors import WeightsNotFoundError
+from .preprocessing import PreprocessConfig
+from .registry import CardFigures, WeightsEntry, weights_entry
+
+# None or "random": random init; "imagenet": the registry's official file; anything else: a file path.
+Weights = Union[str, os.PathLike, None]
+RANDOM = "random"
+
+
+@dataclass(frozen=True)
+class ResolvedModel:
+    """One model with one set of weights, looked up once. `weights_sha256` is the weights' identity
+    everywhere (export and engine caches, eval resume, bench reports); None for random weights."""
+
+    name: str
+    spec: NetworkSpec
+    entry: WeightsEntry
+    preprocess: PreprocessConfig
+    weights_file: Path | None
+    weights_sha256: str | None
+
+    @property
+    def card(self) -> CardFigures | None:
+        """What the OMZ card publishes for the official file (None where there is no card)."""
+        return self.entry.card
+
+    @property
+    def input_size(self) -> int:
+        return self.preprocess.input_size
+
+    @property
+    def random_weights(self) -> bool:
+        return self.weights_file is None
+
+    @property
+    def weights_id(self) -> str:
+        """A short identity for keys and file names: the first 16 hex digits of the sha256, or 'random'."""
+        return self.weights_sha256[:16] if self.weights_sha256 else RANDOM
+
+    @property
+    def official_weights(self) -> bool:
+        """Whether the weights are the registry's file (by content, wherever the file came from)."""
+        return self.weights_sha256 is not None and self.entry.matches(self.weights_sha256)
+
+    def create_model(self, input_size: int | tuple[int, int] | None = None):
+        """An eval-mode EfficientNet (logits) with these weights; `input_size` fixes its SAME pads."""
+        from .checkpoint import load_strict, read_state_dict, to_native
+        from .model import EfficientNet
+
+        model = EfficientNet(self.spec)
+        model.set_input_size(input_size)
+        if self.weights_file is not None:
+            state = to_native(read_state_dict(self.weights_file), self.spec)
+            load_strict(model, state, source=str(self.weights_file))
+        return model.eval()
+
+    def describe(self) -> dict[str, str | None]:
+        """Plain data for reports, metadata and output files."""
+        return {"model": self.name, "weights_sha256": self.weights_sha256,
+                "weights_file": os.fspath(self.weights_file) if self.weights_file else None}
+
+
+def resolve(model: str | ResolvedModel = DEFAULT_MODEL, weights: Weights = "imagenet", *,
+            progress: bool = True) -> ResolvedModel:
+    """Look `model` up and find its weights file: "imagenet" (downloaded once and verified), a path,
+    or None/"random". A ResolvedModel is returned as it is."""
+    if isinstance(model, ResolvedModel):
+        return model
+    entry = weights_entry(model)  # UnknownModelError lists the valid names
+    spec = network_spec(model)
+    path = weights_file(entry, weights, progress=progress)
+    from .weights import file_sha256
+
+    digest = file_sha256(path) if path is not None else None
+    return ResolvedModel(model, spec, entry, entry.preprocess, path, digest)
+
+
+def weights_file(entry: WeightsEntry, weights: Weights, *, progress: bool = True) -> Path | None:
+    """The file behind a `weights` value: None for random init, the verified official file, or a path."""
+    if weights is None or (isinstance(weights, str) and weights == RANDOM):
+        return None
+    if isinstance(weights, str) and weights == "imagenet":
+        from .weights import download
+
+        return download(entry, progress=progress)
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        problem = "is not a file" if path.exists() else "does not exist"
+        raise WeightsNotFoundError(
+            f"weights file {path} {problem}; pass an existing file with --weights PATH, or --weights imagenet "
+            f"for the official {entry.model} weights"
+        )
+    return path
