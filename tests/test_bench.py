@@ -1,9 +1,12 @@
-"""effnet bench: the --json schema, ordered percentiles, engine-only and end-to-end modes.
+"""effnet bench: the --json schema, ordered percentiles, engine-only and end-to-end modes, and the
+weights named by their sha256 in both outputs.
 
-Tiny runs only (B0, a second or two); nothing here asserts a speed.
+Tiny runs only (B0, a second or two); nothing here asserts a speed. OpenVINO is a test dependency
+(`pip install -e '.[all,test]'`), so its tests always run.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 
@@ -13,9 +16,8 @@ from PIL import Image
 
 from effnet import Classifier
 from effnet.bench import bench, bench_end_to_end, format_report, percentiles
-from effnet.machine import machine_info
 from effnet.cli import main
-from effnet.optional import installed
+from effnet.machine import machine_info
 
 MODEL = "efficientnet_b0"
 
@@ -25,6 +27,7 @@ def check_schema(out: dict) -> None:
     lat = out["latency_ms"]
     assert 0 < lat["p50"] <= lat["p90"] <= lat["p99"]
     assert isinstance(out["backend"], str) and isinstance(out["precision"], str)
+    assert "weights_sha256" in out  # None for random weights
     assert out["images"] > 0 and out["seconds"] > 0
     machine = out["machine"]
     assert machine["cores"] >= 1 and machine["cpu"]
@@ -77,9 +80,34 @@ def test_cli_bench_text_report(capsys):
                  "--seconds", "0.5"]) == 0
     text = capsys.readouterr().out
     assert "throughput" in text and "p50" in text and "p99" in text and "machine" in text
+    assert "weights random" in text
 
 
-@pytest.mark.skipif(not installed("openvino"), reason="openvino not installed")
+@pytest.fixture(scope="module")
+def weights_file(tmp_path_factory):
+    """A B0 weights file (seeded random values) and its sha256."""
+    import torch
+
+    from effnet import create_model
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("bench_weights") / "b0.pth"
+    torch.save(create_model(MODEL, None).state_dict(), path)
+    return path, hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def test_weights_are_named_by_sha256_in_json_and_report(weights_file, capsys):
+    path, digest = weights_file
+    assert main(["bench", "--model", MODEL, "--weights", str(path), "--backend", "torch", "--batch", "1",
+                 "--seconds", "0.3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    check_schema(out)
+    assert out["weights_sha256"] == digest
+    assert main(["bench", "--model", MODEL, "--weights", str(path), "--backend", "torch", "--batch", "1",
+                 "--seconds", "0.3"]) == 0
+    assert f"weights {digest[:16]}" in capsys.readouterr().out
+
+
 def test_bench_openvino_engine_only(tmp_path):
     result = bench(MODEL, None, backend="openvino", precision="fp32", batch=2, seconds=1, cache_root=tmp_path)
     out = result.to_dict()
@@ -89,7 +117,6 @@ def test_bench_openvino_engine_only(tmp_path):
     json.dumps(out)  # everything in it is plain data
 
 
-@pytest.mark.skipif(not installed("openvino"), reason="openvino not installed")
 def test_cli_bench_openvino_streams_and_hint(capsys):
     assert main(["bench", "--model", MODEL, "--weights", "random", "--backend", "openvino", "--precision", "fp32",
                  "--streams", "1", "--hint", "LATENCY", "--batch", "1", "--seconds", "0.5", "--json"]) == 0
@@ -143,6 +170,7 @@ def test_cli_bench_images_torch_json(photo_folder, capsys):
     out = json.loads(capsys.readouterr().out)
     check_schema(out)
     assert out["mode"] == "end-to-end" and out["files"] == 3  # notes.txt is not an image file
+    assert out["weights_sha256"] is None  # --weights random
     assert out["failed"] >= 1 and str(broken) in out["errors"]
     inf = out["infer_latency_ms"]
     assert inf["p50"] <= inf["p90"] <= inf["p99"]

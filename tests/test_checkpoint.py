@@ -1,11 +1,13 @@
 """Foreign checkpoint layouts convert exactly, and a checkpoint that does not fit never half-loads."""
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
 from effnet.api import create_model, preprocess
-from effnet.checkpoint import Layout, detect_layout, from_lukemelas, load_strict
+from effnet.checkpoint import Layout, detect_layout, from_lukemelas, load_strict, to_native
 from effnet.errors import WeightsError
 from effnet.model import build_model
 
@@ -81,5 +83,30 @@ def test_wrong_shapes_are_listed():
 
 
 def test_unknown_layout_is_refused():
-    with pytest.raises(WeightsError, match="unrecognised checkpoint layout"):
+    with pytest.raises(WeightsError, match="unrecognised checkpoint layout.*--weights PATH"):
         detect_layout({"fc.weight": torch.zeros(2, 2)})
+    # A few of our names among many foreign ones are not our layout either.
+    with pytest.raises(WeightsError, match="unrecognised checkpoint layout"):
+        detect_layout({"conv_stem.weight": torch.zeros(1), **{f"head.{i}": torch.zeros(1) for i in range(3)}})
+
+
+@pytest.mark.parametrize("key", ["conv_stem.weight", "blocks.3.1.conv_pwl.weight", "classifier.bias"])
+def test_timm_checkpoint_missing_one_key_is_timm_and_the_key_is_named(key):
+    """The layout is what most keys say, so a dict without `conv_stem.weight` is still timm's and the
+    error names the one missing tensor (it used to be called an unrecognised layout)."""
+    model = build_model("efficientnet_b0")
+    state = dict(model.state_dict())
+    del state[key]
+    assert detect_layout(state) is Layout.TIMM
+    with pytest.raises(WeightsError, match=rf"missing \(1\): {re.escape(key)}(;|$)") as info:
+        load_strict(model, to_native(state, model.spec), source="b0.pth")
+    assert "unexpected" not in str(info.value) and "--model NAME" in str(info.value)
+
+
+def test_lukemelas_checkpoint_missing_its_stem_is_still_lukemelas(lite0_weights):
+    raw = torch.load(lite0_weights, map_location="cpu", weights_only=True)
+    del raw["_conv_stem.weight"]
+    assert detect_layout(raw) is Layout.LUKEMELAS
+    model = build_model("efficientnet_lite0")
+    with pytest.raises(WeightsError, match=r"missing \(1\): conv_stem.weight"):
+        load_strict(model, to_native(raw, model.spec))

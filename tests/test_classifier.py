@@ -10,7 +10,7 @@ from PIL import Image
 
 from effnet import Classifier, ImageError, Prediction
 
-from badfiles import make_bad_files
+from helpers import make_bad_files
 
 
 @pytest.fixture(scope="module")
@@ -55,7 +55,6 @@ def test_bad_image_raises_one_clear_error(classifier, tmp_path):
 
 @pytest.mark.parametrize("kind", ["openvino", "torch", "onnxruntime"])
 def test_broken_files_in_a_batch_are_reported_and_the_rest_classified(kind, lite0_weights, photo_files, tmp_path):
-    pytest.importorskip(kind)
     classifier = Classifier("efficientnet_lite0", lite0_weights, backend=kind, batch_size=2)
     bad = make_bad_files(tmp_path / "bad", photo_files["coffee"])
     good = {name: tmp_path / f"{name}.jpg" for name in ("coffee", "camera", "rocket")}
@@ -90,3 +89,28 @@ def test_every_engine_classifies_the_photos(lite0_weights, photo_files, backend,
     assert clf.backend.name == backend and clf.backend.precision == precision
     results = clf.classify([photo_files["coffee"], photo_files["camera"]], top=1)
     assert [r[0].index for r in results] == [967, 872]
+
+
+def test_decode_batches_streams_any_items_in_order_with_bounded_read_ahead(classifier, photo_files, tmp_path):
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not an image")
+    items = [("coffee", photo_files["coffee"]), ("bad", bad), ("camera", photo_files["camera"])] * 4
+    taken = []
+
+    def stream():
+        for item in items:
+            taken.append(item)
+            yield item
+
+    batches = classifier.decode_batches(stream(), source=lambda item: item[1])  # items of any kind
+    first = next(batches)
+    assert len(taken) <= 2 * classifier.batch_size + classifier.decode_workers + 1  # not the whole stream
+    decoded = [*first, *(d for batch in batches for d in batch)]
+    assert len(first) == classifier.batch_size and [d.item for d in decoded] == items
+    size = classifier.config.input_size
+    for d in decoded:
+        if d.item[0] == "bad":
+            assert d.crop is None and "bad.jpg" in d.error and "\n" not in d.error
+        else:
+            assert d.error is None and d.crop.shape == (size, size, 3) and d.crop.dtype == np.uint8
+            assert np.array_equal(d.crop, classifier.crop(d.item[1]))  # the same crop classify() sees

@@ -10,7 +10,7 @@ import pytest
 
 from effnet.cli import main
 
-from badfiles import make_bad_files
+from helpers import make_bad_files
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:
@@ -49,8 +49,9 @@ def test_classify_human_output(capsys, folder, lite0_weights):
                        str(folder / "coffee.jpg"))
     assert code == 0
     lines = out.splitlines()
-    assert lines[0] == str(folder / "coffee.jpg")
-    assert "espresso" in lines[1] and "(class 967)" in lines[1] and len(lines) == 6
+    assert lines[0].startswith("# efficientnet_lite0, weights ")  # the header: what produced the results
+    assert lines[1] == str(folder / "coffee.jpg")
+    assert "espresso" in lines[2] and "(class 967)" in lines[2] and len(lines) == 7
 
 
 def test_missing_weights_file_is_one_line_error(capsys, folder, tmp_path):
@@ -107,3 +108,134 @@ def test_download_offline_says_where_to_put_the_file(capsys, monkeypatch, tmp_pa
     assert code == 1 and out == ""
     assert "could not download http://127.0.0.1:9/b0.pth" in err and str(tmp_path / "weights") in err
     assert err.count("\n") == 1
+
+
+# ---- the command's surface: version, help, flags, what the output says about itself ----------------
+
+def subcommands():
+    from effnet.cli import build_parser
+
+    parser = build_parser()
+    sub = next(a for a in parser._actions if isinstance(a, __import__("argparse")._SubParsersAction))
+    return parser, sub.choices
+
+
+def test_version(capsys):
+    from effnet import __version__
+
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--version"])
+    assert exit_info.value.code == 0 and capsys.readouterr().out.strip() == f"effnet {__version__}"
+
+
+def test_every_option_of_every_subcommand_has_help():
+    import argparse
+
+    parser, commands = subcommands()
+    missing = [f"{name} {'/'.join(a.option_strings) or a.dest}"
+               for name, p in [("effnet", parser), *commands.items()] for a in p._actions
+               if not isinstance(a, (argparse._HelpAction, argparse._SubParsersAction)) and not a.help]
+    assert not missing, f"options without help text: {missing}"
+
+
+def test_weights_random_is_accepted_wherever_weights_are_taken():
+    parser, commands = subcommands()
+    takes_weights = sorted(name for name, p in commands.items() if any("--weights" in a.option_strings for a in p._actions))
+    assert {"classify", "bench", "export", "eval"} <= set(takes_weights)
+    for name in takes_weights:
+        required = []  # whatever else the subcommand insists on, with a plausible value
+        for action in commands[name]._actions:
+            value = "onnx" if action.dest == "format" else "x"
+            if action.required and action.option_strings:
+                required += [action.option_strings[0], value]
+            elif not action.option_strings and action.nargs != 0:
+                required.append(value)
+        assert parser.parse_args([name, "--weights", "random", *required]).weights == "random"
+
+
+def test_header_and_json_fields_say_what_produced_the_results(capsys, folder, lite0_weights):
+    from effnet.weights import file_sha256
+
+    digest = file_sha256(lite0_weights)
+    code, out, _ = run(capsys, "classify", "--model", "efficientnet_lite0", "--weights", str(lite0_weights),
+                       "--backend", "torch", "--json", str(folder / "coffee.jpg"))
+    line = json.loads(out)
+    assert code == 0 and (line["model"], line["backend"], line["precision"]) == ("efficientnet_lite0", "torch", "fp32")
+    assert line["weights_sha256"] == digest
+    code, out, _ = run(capsys, "classify", "--model", "efficientnet_lite0", "--weights", "random", "--backend", "torch",
+                       str(folder / "coffee.jpg"))
+    assert code == 0 and out.splitlines()[0] == "# efficientnet_lite0, weights random, torch fp32"
+
+
+def test_top_beyond_the_class_count_clamps_with_a_note(capsys, folder, lite0_weights):
+    code, out, err = run(capsys, "classify", "--model", "efficientnet_lite0", "--weights", str(lite0_weights),
+                         "--backend", "torch", "--json", "--top", "5000", str(folder / "coffee.jpg"))
+    assert code == 0 and len(json.loads(out)["top"]) == 1000
+    assert err == "effnet: --top 5000 is more than the 1000 classes; showing all 1000\n"
+
+
+def test_weights_path_that_is_a_folder(capsys, folder, tmp_path):
+    code, out, err = run(capsys, "classify", "--backend", "torch", "--weights", str(tmp_path), str(folder))
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and "is a folder, not a file" in err and "--weights PATH" in err
+
+
+@pytest.mark.parametrize("case", ["a file", "below a file"])
+def test_export_output_that_cannot_be_a_folder_fails_before_any_work(capsys, tmp_path, case):
+    (tmp_path / "taken").write_text("x")
+    output = tmp_path / "taken" if case == "a file" else tmp_path / "taken" / "sub"
+    code, out, err = run(capsys, "export", "--model", "efficientnet_b0", "--weights", "random", "--format", "onnx",
+                         "--output", str(output))
+    assert code == 1 and out == ""
+    assert err.count("\n") == 1 and f"--output {output}" in err and "not a folder" in err
+
+
+# ---- folders: what a folder stands for, and what is reported instead of passed over --------------
+
+def test_folder_rule_hidden_entries_pillow_suffixes_links_and_loops(tmp_path):
+    from PIL import Image
+
+    from effnet.preprocessing import expand_inputs, image_files
+
+    root = tmp_path / "project"
+    (root / "photos").mkdir(parents=True)
+    (root / ".venv" / "lib").mkdir(parents=True)
+    image = Image.new("RGB", (16, 16), "red")
+    for name in ("photos/a.avif", "photos/b.jfif", "photos/c.jp2", "photos/d.JPG", ".venv/lib/icon.png",
+                 "photos/.hidden.png"):
+        image.save(root / name, format={"avif": "AVIF", "jfif": "JPEG", "jp2": "JPEG2000"}.get(name.rsplit(".")[-1]))
+    (root / "photos" / "notes.txt").write_text("not an image")  # ignored without a word
+    (root / "photos" / "gone.png").symlink_to(root / "missing.png")  # a broken link: reported
+    (root / "photos" / "loop").symlink_to(root)  # a link back up: followed no further
+    (root / "photos" / "self").symlink_to(root / "photos" / "self")  # a link to itself
+
+    listing = expand_inputs([root, root / "photos" / ".hidden.png"])
+    names = [p.relative_to(root).as_posix() for p in listing.files]
+    assert names == ["photos/a.avif", "photos/b.jfif", "photos/c.jp2", "photos/d.JPG", "photos/.hidden.png"]
+    reasons = {p.path.name: p.reason for p in listing.skipped}
+    assert reasons["gone.png"].startswith("broken symbolic link")
+    assert "loop" in reasons["loop"] and "loop" in reasons["self"]
+    assert set(reasons) == {"gone.png", "loop", "self"}
+    # A hidden folder given explicitly is listed; the old signature still works for bench, eval, export.
+    assert image_files(root / ".venv") == [root / ".venv" / "lib" / "icon.png"]
+
+
+def test_classify_reports_what_it_skipped(capsys, folder, lite0_weights):
+    (folder / "gone.jpg").symlink_to(folder / "nowhere.jpg")
+    (folder / ".cache").mkdir()
+    shutil.copy(folder / "coffee.jpg", folder / ".cache" / "thumb.jpg")
+    code, out, err = run(capsys, "classify", "--model", "efficientnet_lite0", "--weights", str(lite0_weights),
+                         "--backend", "torch", "--json", "--top", "1", str(folder))
+    assert [json.loads(line)["image"] for line in out.splitlines()] == [str(folder / "camera.jpg"),
+                                                                        str(folder / "coffee.jpg")]
+    assert code == 1  # not everything that was asked for could be looked at
+    assert err.splitlines() == [f"effnet: skipped {folder / 'gone.jpg'}: broken symbolic link (to {folder / 'nowhere.jpg'})",
+                                "effnet: 2 images classified; 1 folder entries skipped"]
+
+
+def test_bench_reports_what_it_skips_in_its_images_folder(capsys, folder):
+    from effnet.cli.bench import report_skipped
+
+    (folder / "gone.png").symlink_to(folder / "nowhere.png")
+    report_skipped(str(folder))
+    assert capsys.readouterr().err == f"effnet: skipped {folder / 'gone.png'}: broken symbolic link (to {folder / 'nowhere.png'})\n"

@@ -21,6 +21,20 @@ CARDS = {
 }
 
 
+def test_registry_carries_the_cards_figures_and_they_match_the_network():
+    """The card's published figures travel with the weights entry (and so with every resolved model)."""
+    from effnet.registry import weights_entry
+
+    for name, (gflops, mparams) in CARDS.items():
+        card = weights_entry(name).card
+        assert card is not None and card.card == name.replace("_", "-") + "-pytorch"
+        assert (card.gflops, card.params_millions) == (gflops, mparams)
+        c = complexity(name)
+        assert f"{c.gflops:.3f}" == f"{card.gflops:.3f}" and f"{c.params_folded / 1e6:.3f}" == f"{card.params_millions:.3f}"
+    assert (weights_entry("efficientnet_b7").card.top1, weights_entry("efficientnet_b7").card.top5) == (84.42, 96.91)
+    assert weights_entry("efficientnet_lite0").card is None  # no OMZ card for the Lite weights
+
+
 def meta_model(name: str) -> nn.Module:
     with torch.device("meta"):
         return build_model(name)

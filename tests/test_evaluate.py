@@ -17,11 +17,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from effnet.classifier import Classifier
 from effnet.datasets import Dataset, Layout, Sample, load_dataset
 from effnet.errors import DatasetError, EffnetError
-from effnet.evaluate import (RESULTS_FILE, Configuration, Evaluation, configurations, evaluate,
+from effnet.evaluate import (RESULTS_FILE, Configuration, Evaluation, configurations, content_sha256, evaluate,
                              run_directory, wilson_interval)
 from effnet.labels import imagenet_wnids
 from effnet.resolved import resolve
@@ -183,29 +184,103 @@ def test_evaluate_twice_reuses_the_run_folder(annotated, lite0_weights, tmp_path
     second = evaluate(annotated, **kwargs)
     assert second.results_file == first.results_file and second.evaluated_now == 0
     assert (second.count, second.top1, second.top5) == (first.count, first.top1, first.top5)
-    assert json.loads((first.results_file.parent / "run.json").read_text())["layout"] == "annotations"
-    # Another dataset (here: other labels) is another run, never mixed with this one.
+    run = json.loads((first.results_file.parent / "run.json").read_text())
+    assert run["model"] == MODEL and run["weights_sha256"] == resolve(MODEL, lite0_weights).weights_sha256
+    # Labels do not change predictions: relabelled images are counted against their new labels, reusing
+    # the stored predictions (their content is unchanged).
     text = (annotated / "val.txt").read_text().replace("coffee.JPEG 967", "coffee.JPEG 968")
     (annotated / "val.txt").write_text(text)
     relabelled = evaluate(annotated, **kwargs)
-    assert relabelled.results_file != first.results_file and relabelled.top1 == 20.0
+    assert relabelled.results_file == first.results_file and relabelled.evaluated_now == 0
+    assert relabelled.top1 == 20.0
 
 
-def test_run_folder_is_keyed_by_everything_that_changes_results(annotated, lite0_weights, tmp_path):
-    dataset = load_dataset(annotated)
+def test_run_folder_is_keyed_by_everything_that_changes_results(lite0_weights, tmp_path, photo_files):
     lite0 = resolve(MODEL, lite0_weights)
-    base = run_directory(tmp_path, lite0, [Configuration()], dataset)
-    assert base == run_directory(tmp_path, lite0, [Configuration()], dataset)
+    base = run_directory(tmp_path, lite0, [Configuration()])
+    assert base == run_directory(tmp_path, lite0, [Configuration()])
     # "imagenet" for Lite0 is served by the same file: the same weights, by sha256, the same run.
-    assert base == run_directory(tmp_path, resolve(MODEL, "imagenet"), [Configuration()], dataset)
+    assert base == run_directory(tmp_path, resolve(MODEL, "imagenet"), [Configuration()])
+    calibration = [tmp_path / "cal-a", tmp_path / "cal-b"]
+    for folder, photo in zip(calibration, ("coffee", "camera")):
+        folder.mkdir()
+        shutil.copy(photo_files[photo], folder / "1.jpg")  # same names, other content
+    int8 = [Configuration("openvino", "int8")]
     others = {
-        run_directory(tmp_path, resolve("efficientnet_b0", lite0_weights), [Configuration()], dataset),
-        run_directory(tmp_path, resolve(MODEL, None), [Configuration()], dataset),
-        run_directory(tmp_path, lite0, [Configuration("onnxruntime")], dataset),
-        run_directory(tmp_path, lite0, [Configuration(), Configuration("openvino")], dataset),
-        run_directory(tmp_path, lite0, [Configuration()], dataset.subset(2)),
+        run_directory(tmp_path, resolve("efficientnet_b0", lite0_weights), [Configuration()]),
+        run_directory(tmp_path, resolve(MODEL, None), [Configuration()]),
+        run_directory(tmp_path, resolve(MODEL, None), [Configuration()]),  # random weights: never the same
+        run_directory(tmp_path, lite0, [Configuration("onnxruntime")]),
+        run_directory(tmp_path, lite0, [Configuration("torch", "bf16")]),
+        run_directory(tmp_path, lite0, [Configuration(), Configuration("openvino")]),
+        run_directory(tmp_path, lite0, int8, calibration[0]),
+        run_directory(tmp_path, lite0, int8, calibration[1]),
     }
-    assert base not in others and len(others) == 5
+    assert base not in others and len(others) == 8
+    assert run_directory(tmp_path, lite0, int8, calibration[0]) in others  # the same calibration images
+
+
+# ---- results you can trust: the content of every image is part of the key ------------------------
+
+def _variant(photo_arrays, name: str) -> np.ndarray:
+    """A photo ("coffee"), mirrored ("coffee_mirror") or in grey ("coffee_grey"): distinct files, known answers."""
+    photo, _, change = name.partition("_")
+    array = photo_arrays[photo]
+    if change == "mirror":
+        return np.ascontiguousarray(array[:, ::-1])
+    if change == "grey":
+        return np.stack([np.asarray(Image.fromarray(array).convert("L"))] * 3, axis=-1)
+    return array
+
+
+# Folder A: Lite0's top-1 (measured once) for all but the astronaut, labelled tench: 9/10 top-1 and top-5.
+FOLDER_A = {"coffee": 967, "coffee_mirror": 967, "coffee_grey": 967, "camera": 872, "camera_mirror": 872,
+            "rocket": 657, "rocket_mirror": 657, "rocket_grey": 657, "astronaut_mirror": 560, "astronaut": 0}
+# Folder B: three files replaced by cats, names and labels kept: two right answers become wrong -> 7/10.
+REPLACED = {"coffee_grey": "chelsea", "camera_mirror": "chelsea_mirror", "astronaut": "chelsea_grey"}
+
+
+def test_replaced_images_under_the_same_names_and_labels_are_recomputed(tmp_path, photo_arrays, lite0_weights):
+    folder_a = tmp_path / "a"
+    (folder_a / "imgs").mkdir(parents=True)
+    for name in FOLDER_A:
+        Image.fromarray(_variant(photo_arrays, name)).save(folder_a / "imgs" / f"{name}.JPEG", quality=95)
+    (folder_a / "val.txt").write_text("".join(f"imgs/{name}.JPEG {label}\n" for name, label in FOLDER_A.items()))
+    kwargs = dict(model=MODEL, weights=lite0_weights, batch_size=4, resume_dir=tmp_path / "runs", progress=False)
+    a = evaluate(folder_a, **kwargs)
+    assert (a.count, a.top1, a.top5, a.evaluated_now) == (10, 90.0, 90.0, 10)
+
+    folder_b = tmp_path / "b"
+    shutil.copytree(folder_a, folder_b)
+    for name, photo in REPLACED.items():
+        Image.fromarray(_variant(photo_arrays, photo)).save(folder_b / "imgs" / f"{name}.JPEG", quality=95)
+    assert load_dataset(folder_b).fingerprint() == load_dataset(folder_a).fingerprint()  # same names, labels
+    lines_before = len(a.results_file.read_text().splitlines())
+    b = evaluate(folder_b, **kwargs)
+    assert b.results_file == a.results_file  # the same run folder, shared ...
+    assert (b.count, b.top1, b.top5) == (10, 70.0, 70.0)  # ... but the true numbers, not A's 90 %
+    assert b.evaluated_now == 3  # only the replaced images were computed again
+    new = [json.loads(line) for line in a.results_file.read_text().splitlines()[lines_before:]]
+    assert sorted(r["image"] for r in new) == sorted(f"imgs/{name}.JPEG" for name in REPLACED)
+    for record in new:
+        assert record["sha256"] == content_sha256((folder_b / record["image"]).read_bytes())
+
+    again = evaluate(folder_a, **kwargs)  # A's records are still there, by content
+    assert (again.top1, again.top5, again.evaluated_now) == (90.0, 90.0, 0)
+
+
+def test_random_weights_are_never_stored_or_resumed(annotated, tmp_path, capsys):
+    from effnet.cli import main
+
+    argv = ["eval", "--model", MODEL, "--weights", "random", "--resume-dir", str(tmp_path / "runs"), "--json",
+            str(annotated)]
+    assert main(argv) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["count"] == COUNT and out["weights_sha256"] is None and out["results_file"] is None
+    assert out["evaluated_now"] == COUNT and out["card"] is None
+    assert not any((tmp_path / "runs").rglob("*"))  # nothing kept
+    assert main(argv[:-2] + [str(annotated)]) == 0
+    assert "random weights" in capsys.readouterr().out
 
 
 # ---- --limit -------------------------------------------------------------------------------------
@@ -258,7 +333,6 @@ def test_configurations_run_in_lockstep_with_agreement(annotated, classifier, li
 
 
 def test_torch_and_onnxruntime_agree_on_the_photos(annotated, lite0_weights, tmp_path, monkeypatch):
-    pytest.importorskip("onnxruntime")
     monkeypatch.setenv("EFFNET_HOME", str(tmp_path / "home"))  # the exported ONNX file goes here
     configs = configurations(["torch", "onnxruntime"], ["fp32"])
     result = evaluate(annotated, model=MODEL, weights=lite0_weights, configurations=configs,
@@ -349,6 +423,10 @@ def test_cli_json_and_report(annotated, lite0_weights, tmp_path, capsys):
     assert (out["count"], out["top1"], out["top5"]) == (COUNT, TOP1, TOP5)
     assert out["configurations"][0]["backend"] == "torch" and out["card"] is None
     assert "| top-1 %" in report.read_text() and "40.00 [11.76, 76.93]" in report.read_text()
+    weights = resolve(MODEL, lite0_weights).weights_sha256
+    assert out["model"] == MODEL and out["weights_sha256"] == weights
+    heading = report.read_text().splitlines()[0]
+    assert f"**{MODEL}**, weights sha256 {weights[:16]}," in heading and "(engine precision): torch fp32" in heading
 
     assert main(argv[:-4] + [str(annotated)]) == 0  # resumed: same table, nothing re-run
     text = capsys.readouterr().out
@@ -362,7 +440,30 @@ def test_cli_user_mistakes_exit_cleanly(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "nowhere")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("effnet: error:") and "does not exist" in err and "Traceback" not in err
+    assert main(["eval", "--precision", "int8", "--backend", "onnxruntime", str(tmp_path / "nowhere")]) == 1
+    err = capsys.readouterr().err  # the engine is checked before the data is even looked at
+    assert err.startswith("effnet: error:") and "not int8" in err and "does not exist" not in err
     for bad in (["--backend", "onnx"], ["--precision", "fp64"], ["--limit", "0"]):
         with pytest.raises(SystemExit) as exit_info:
             main(["eval", *bad, str(tmp_path)])
         assert exit_info.value.code == 2
+
+
+def test_cli_report_write_failure_is_one_line(annotated, lite0_weights, tmp_path, capsys):
+    from effnet.cli import main
+
+    if not Path("/dev/full").exists():
+        pytest.skip("no /dev/full here")
+    argv = ["eval", "--model", MODEL, "--weights", str(lite0_weights), "--resume-dir", str(tmp_path / "runs"),
+            "--report", "/dev/full", str(annotated)]
+    assert main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("effnet: error: cannot write the report /dev/full") and err.count("\n") == 1
+
+
+def test_every_eval_option_has_help():
+    from effnet.cli import build_parser
+
+    parser = build_parser()
+    [eval_parser] = [p for a in parser._subparsers._group_actions for n, p in a.choices.items() if n == "eval"]
+    assert all(action.help for action in eval_parser._actions)

@@ -19,7 +19,8 @@ from effnet.export.metadata import describe
 from effnet.export.onnx import computed_pads, run_onnx
 from effnet.backends.openvino_graph import gates_into_projections, spatial_means_as_avg_pools
 from effnet.export.openvino import bgr_nchw, convert_onnx, rt_info, run_ir, save_ir
-from effnet.export.verify import compare, normalized_nchw, torch_probabilities
+from effnet.export.pipeline import check_parity, verification_crops
+from effnet.export.verify import FP32_TOLERANCE, compare, example_crops, normalized_nchw, torch_probabilities
 from effnet.model import EfficientNet, build_model
 from effnet.preprocessing import center_crop, load_image
 from effnet.resolved import resolve
@@ -238,11 +239,13 @@ def test_export_refuses_impossible_requests(formats, precision, calibration, mes
         export_model(resolve(B0, None), output=tmp_path, formats=formats, precision=precision, calibration=calibration)
 
 
-def test_cli_export(lite0_weights, tmp_path, capsys):
+def test_cli_export(lite0_weights, photo_files, tmp_path, capsys):
+    photos = next(iter(photo_files.values())).parent
     assert main(["export", "--model", LITE0, "--weights", str(lite0_weights), "--format", "onnx,openvino",
-                 "--batch", "dynamic", "--output", str(tmp_path)]) == 0
+                 "--batch", "dynamic", "--output", str(tmp_path), "--images", str(photos)]) == 0
     out = capsys.readouterr().out
     assert f"onnx fp32: {tmp_path / (LITE0 + '.onnx')}" in out and "max |dp|" in out
+    assert f"{4 + len(photo_files)} images" in out  # the bundled photo's views and the folder's photos
     assert str(ov.Core().read_model(tmp_path / f"{LITE0}.xml").inputs[0].get_partial_shape()) == "[?,3,224,224]"
     assert main(["export", "--model", LITE0, "--weights", str(lite0_weights), "--format", "openvino",
                  "--precision", "int8", "--output", str(tmp_path)]) == 1
@@ -300,7 +303,7 @@ def test_int8_lite0_agrees_with_fp32(lite0_weights, calibration_dir, photo_array
     (result,) = export_model(resolve(LITE0, lite0_weights), output=tmp_path, formats=("openvino",), precision="int8",
                              calibration=calibration_dir)
     print(f"Lite0 int8 vs fp32, held-out views: {result.agreement}")
-    assert result.path.name == f"{LITE0}-int8.xml" and result.agreement.count == 20
+    assert result.path.name == f"{LITE0}-int8.xml" and result.agreement.count == 4 + 20  # example views + held out
     assert result.agreement.top1 >= 0.6 and result.agreement.top5 >= 0.9
     model = ov.Core().read_model(result.path)
     assert sum(op.get_type_name() == "FakeQuantize" for op in model.get_ordered_ops()) > 20
@@ -316,3 +319,133 @@ def test_int8_lite0_agrees_with_fp32(lite0_weights, calibration_dir, photo_array
     clear = top2[:, 1] - top2[:, 0] > 0.05
     assert clear.sum() >= 3 and np.array_equal(probs[clear].argmax(1), reference[clear].argmax(1))
     assert list(probs.argmax(1)[:2]) == [967, 872]  # coffee: espresso, camera: tripod
+
+
+# ---- verification on real photos --------------------------------------------------------------------
+
+def test_the_example_photo_ships_inside_the_package():
+    """An installed effnet verifies exports on it: it is package data, the same file as examples/."""
+    import fnmatch
+    from pathlib import Path
+
+    try:
+        import tomllib
+    except ImportError:  # Python 3.10
+        tomllib = pytest.importorskip("tomli")
+
+    from effnet.data import example_photo
+
+    root = Path(__file__).resolve().parents[1]
+    photo = example_photo()
+    assert photo.read_bytes() == (root / "examples" / "espresso.jpg").read_bytes()
+    patterns = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["effnet"]
+    assert any(fnmatch.fnmatch(f"data/{photo.name}", pattern) for pattern in patterns)
+
+
+def old_synthetic_crops(size: int, count: int = 4, seed: int = 0) -> np.ndarray:
+    """What export used to verify on without calibration images: blurred colour fields plus grain."""
+    rng = np.random.default_rng(seed)
+    out = []
+    for _ in range(count):
+        coarse = Image.fromarray(rng.integers(0, 256, (6, 6, 3), dtype=np.uint8))
+        field = np.asarray(coarse.resize((size, size), Image.Resampling.BICUBIC), np.float32)
+        out.append(np.clip(field + rng.normal(0, 12, field.shape), 0, 255).astype(np.uint8))
+    return np.stack(out)
+
+
+@pytest.fixture(scope="module")
+def exploding_lite0(lite0_weights, photo_arrays, tmp_path_factory):
+    """The real Lite0 ImageNet weights, changed into a valid checkpoint that is exact on photos and
+    explodes on synthetic patterns: two head channels that ReLU6 keeps at exactly 0 on every photo
+    but that light up on colour fields and grain feed two classes with weights ~1e8, tied on the
+    first pattern. There the logits are ~1e8 and which class wins depends on fp32 rounding."""
+    from effnet.api import create_model
+
+    config = _config(LITE0)
+    model = create_model(LITE0, lite0_weights)
+    photos = np.concatenate([example_crops(config), crops_for(LITE0, photo_arrays)])
+    photos = np.concatenate([photos, photos[:, :, ::-1]])
+    synthetic = old_synthetic_crops(config.input_size)
+
+    def head(crops):  # pre-activation of the head, per channel, at every pixel
+        with torch.no_grad():
+            x = torch.from_numpy(normalized_nchw(crops, config))
+            return model.bn2(model.conv_head(model.blocks(model.act1(model.bn1(model.conv_stem(x))))))
+
+    on_photos, on_synthetic = head(photos).amax((0, 2, 3)), head(synthetic).amax((0, 2, 3))
+    channels = [int(c) for c in (on_synthetic - on_photos).argsort(descending=True)[:2]]
+    with torch.no_grad():
+        for c in channels:
+            model.bn2.bias[c] -= float(on_photos[c]) + 0.5  # every photo pixel <= -0.5: ReLU6 gives 0
+        features = model.forward_features(torch.from_numpy(normalized_nchw(synthetic, config))).mean((2, 3))
+        model.classifier.weight[:, channels] = 0
+        for cls, c in zip((1, 2), channels):
+            model.classifier.weight[cls, c] = 1e8 / float(features[0, c])
+    path = tmp_path_factory.mktemp("exploding") / "lite0-exploding.pth"
+    torch.save(model.state_dict(), path)
+    return path, features[:, channels].min().item()
+
+
+def test_export_of_a_model_exploding_on_synthetic_inputs_is_verified_on_photos(exploding_lite0, lite0_weights,
+                                                                                tmp_path):
+    path, lit = exploding_lite0
+    assert lit > 0  # both channels are on for every synthetic pattern...
+    resolved = resolve(LITE0, path)
+    config = resolved.preprocess
+    model = resolved.create_model(input_size=config.input_size)
+    synthetic = old_synthetic_crops(config.input_size)
+    with torch.no_grad():
+        logits = model(torch.from_numpy(normalized_nchw(synthetic, config)))
+    assert logits.abs().max() > 1e7  # ...where the logits explode
+
+    (result,) = export_model(resolved, output=tmp_path, formats=("onnx",))  # the new check accepts it
+    assert result.agreement.count == 4 and result.agreement.max_abs_diff <= FP32_TOLERANCE
+    assert result.agreement.top1 == 1.0
+
+    # The old check, same file, its synthetic patterns: fp32 rounding at 1e8 decides the tie, refused.
+    old = compare(torch_probabilities(model, synthetic, config),
+                  run_onnx(result.path, normalized_nchw(synthetic, config)))
+    print(f"exploding Lite0 on the old synthetic patterns: {old}")
+    assert old.max_abs_diff > 1e-4
+
+    # On photos it is still the trained network: the espresso photo's views are espresso, as with the
+    # real weights (the two channels it lost carried little there).
+    from effnet.api import create_model
+
+    photos = verification_crops(config)
+    real = torch_probabilities(create_model(LITE0, lite0_weights), photos, config)
+    exported = run_onnx(result.path, normalized_nchw(photos, config))
+    assert list(exported.argmax(1)) == list(real.argmax(1)) == [967] * 4
+
+
+def test_a_broken_export_is_still_refused_on_photos(lite0_weights, tmp_path):
+    """An export that reads BGR where PyTorch reads RGB (stem weights' colour channels swapped)."""
+    resolved = resolve(LITE0, lite0_weights)
+    config = resolved.preprocess
+    model = resolved.create_model(input_size=config.input_size)
+    photos = verification_crops(config)
+    reference = torch_probabilities(model, photos, config)
+    with torch.no_grad():
+        model.conv_stem.weight.copy_(model.conv_stem.weight.flip(1))
+    broken = export_onnx(model, tmp_path / "bgr.onnx", batch=None,
+                         metadata=describe(resolved, color="RGB", folded=False))
+    with pytest.raises(ParityError, match=r"differs from PyTorch by .* on 4 real photos; the export is wrong"):
+        check_parity(reference, run_onnx(broken, normalized_nchw(photos, config)), "fp32", "onnx")
+
+
+def test_relative_difference_is_reported_and_nan_is_a_difference():
+    reference = np.array([[0.9, 0.1, 0.0], [0.4, 0.3, 0.3]], np.float32)
+    candidate = reference + np.array([[-2e-5, 2e-5, 0], [3e-5, -3e-5, 0]], np.float32)
+    agreement = compare(reference, candidate)
+    assert agreement.max_abs_diff == pytest.approx(3e-5, rel=1e-3)
+    assert agreement.max_rel_diff == pytest.approx(3e-5 / 0.4, rel=1e-3)
+    assert agreement.max_rel_diff >= agreement.max_abs_diff
+    nan = compare(reference, np.full_like(reference, np.nan))
+    assert nan.max_abs_diff == nan.max_rel_diff == float("inf")  # a NaN output never passes (NaN > tol is False)
+    with pytest.raises(ParityError):
+        check_parity(reference, np.full_like(reference, np.nan), "fp32", "onnx")
+
+
+def test_export_images_folder_must_exist(tmp_path):
+    with pytest.raises(EffnetError, match="--images"):
+        export_model(resolve(B0, None), output=tmp_path, images=tmp_path / "nowhere")

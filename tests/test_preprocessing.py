@@ -344,13 +344,41 @@ class TestErrors:
     def test_empty_bytes(self):
         expect_image_error(b"", "<bytes>")
 
-    @pytest.mark.parametrize("factor", [1.2, 2.5])  # Pillow only warns below 2x the limit, errors above
+    @pytest.mark.parametrize("factor", [2.0001, 2.5])  # Pillow only warns below 2x MAX_IMAGE_PIXELS, refuses above
     def test_decompression_bomb_header(self, tmp_path, factor):
-        side = int((Image.MAX_IMAGE_PIXELS * factor) ** 0.5)
+        side = int((Image.MAX_IMAGE_PIXELS * factor) ** 0.5) + 1
         path = tmp_path / "bomb.png"
         path.write_bytes(png_claiming_size(side, side))
         expect_image_error(path, str(path), "decompression bomb")
         assert Image.MAX_IMAGE_PIXELS == 89478485  # the limit stayed on
+
+    def test_header_between_pillows_warning_and_refusal_is_no_bomb(self, tmp_path):
+        """1.2x MAX_IMAGE_PIXELS (107 MP) is a photo size: only Pillow's warning level, so it is decoded
+        (and this file, whose data is 8x8 pixels, then fails as what it is: incomplete)."""
+        side = int((Image.MAX_IMAGE_PIXELS * 1.2) ** 0.5)
+        message = expect_image_error(png_claiming_size(side, side), "<bytes>")
+        assert "decompression bomb" not in message
+
+    def test_max_pixels_refuses_from_the_header_before_decoding(self, tmp_path):
+        # The file's pixel data is 8x8: only the header can have triggered the refusal.
+        path = tmp_path / "claims-60mp.png"
+        path.write_bytes(png_claiming_size(10_000, 6_000))
+        with pytest.raises(ImageError) as info:
+            load_image(path, max_pixels=50_000_000)
+        message = str(info.value)
+        assert "\n" not in message and str(path) in message
+        assert "10000x6000 is 60,000,000 pixels, over the limit of 50,000,000" in message
+        assert "before decoding" in message and "--max-pixels 60000000" in message
+
+    def test_bomb_from_test_helpers_is_refused_before_decoding(self, tmp_path):
+        try:  # the shared bad-file makers (moving from badfiles.py into helpers.py)
+            from helpers import png_bomb
+        except ImportError:
+            from badfiles import png_bomb
+        path = png_bomb(tmp_path / "bomb.png")
+        for limit in (None, 50_000_000, 10 ** 12):  # above Pillow's own threshold Pillow still refuses
+            with pytest.raises(ImageError, match="decompression bomb"):
+                load_image(path, max_pixels=limit)
 
     def test_decompression_bomb_real_image(self, tmp_path):
         side = int((Image.MAX_IMAGE_PIXELS * 2) ** 0.5) + 100  # a blank 1-bit PNG: cheap to make, tiny on disk
@@ -358,11 +386,13 @@ class TestErrors:
         assert path.stat().st_size < 100_000
         expect_image_error(path, str(path), "decompression bomb")
 
-    def test_bomb_warning_is_refused_even_when_warnings_are_ignored(self, tmp_path):
+    def test_limit_holds_whatever_the_warning_filters_say(self, tmp_path):
         side = int((Image.MAX_IMAGE_PIXELS * 1.2) ** 0.5)
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            expect_image_error(png_claiming_size(side, side), "<bytes>", "decompression bomb")
+        for action in ("ignore", "error"):
+            with warnings.catch_warnings():
+                warnings.simplefilter(action)
+                with pytest.raises(ImageError, match="over the limit of 50,000,000"):
+                    load_image(png_claiming_size(side, side), max_pixels=50_000_000)
 
     @pytest.mark.parametrize(
         ("array", "fragment"),
@@ -375,3 +405,48 @@ class TestErrors:
     )
     def test_bad_arrays(self, array, fragment):
         expect_image_error(array, "<array>", fragment)
+
+
+# --- big photos: 100-megapixel cameras are not decompression bombs -----------------------------------
+
+@pytest.fixture(scope="module")
+def photo_102mp(tmp_path_factory) -> Path:
+    """A real photo the size of a medium-format camera's, 12000x8500 = 102 MP (over Pillow's 89.5 MP
+    warning level, under its 179 MP refusal): scikit-image's coffee, upscaled, saved as JPEG."""
+    path = tmp_path_factory.mktemp("big") / "medium-format.jpg"
+    big = Image.fromarray(skdata.coffee()).resize((12000, 8500), Image.Resampling.BILINEAR)
+    big.save(path, quality=85)
+    del big
+    return path
+
+
+@pytest.mark.usefixtures("pillow_state_unchanged")
+def test_102_megapixel_photo_decodes_by_default(photo_102mp):
+    image = load_image(photo_102mp)
+    assert image.size == (12000, 8500) and Image.MAX_IMAGE_PIXELS < 12000 * 8500
+    crop = center_crop(image, B7)
+    assert crop.shape == (600, 600, 3)
+    # The same picture as the photo at a tenth of the size, give or take JPEG and the resampling.
+    small = center_crop(Image.fromarray(skdata.coffee()).resize((1200, 850), Image.Resampling.BILINEAR), B7)
+    small = small.astype(np.int16)
+    assert np.abs(crop.astype(np.int16) - small).mean() < 6
+
+
+@pytest.mark.usefixtures("pillow_state_unchanged")
+def test_102_megapixel_photo_over_a_lower_max_pixels_is_refused_saying_how_to_allow_it(photo_102mp):
+    with pytest.raises(ImageError) as info:
+        load_image(photo_102mp, max_pixels=50_000_000)
+    message = str(info.value)
+    assert "\n" not in message and str(photo_102mp) in message
+    assert "102,000,000 pixels, over the limit of 50,000,000" in message and "--max-pixels 102000000" in message
+    assert load_image(photo_102mp, max_pixels=102_000_000).size == (12000, 8500)  # the limit is inclusive
+
+
+def test_classifier_passes_max_pixels_to_decoding(photo_102mp):
+    from effnet.classifier import Classifier
+
+    strict = Classifier("efficientnet_b0", None, backend="torch", max_pixels=50_000_000)
+    (outcome,) = strict.classify_iter([photo_102mp])
+    assert outcome.predictions is None and "--max-pixels 102000000" in outcome.error
+    (outcome,) = Classifier("efficientnet_b0", None, backend="torch").classify_iter([photo_102mp])
+    assert outcome.error is None and len(outcome.predictions) == 5

@@ -107,6 +107,37 @@ def test_non_checkpoint_as_pth(tmp_path, content):
         read_state_dict(path)
 
 
+@pytest.mark.parametrize("content", [b"hello\n", b"# my weights\nconv_stem 3x3\n", b'{"model": "b7"}\n',
+                                     b"cat\nnotes\n"])
+def test_text_file_as_pth_is_called_text_not_code(tmp_path, content):
+    """torch's weights-only reader fails on text as if it were a refused pickle; no code is in it."""
+    path = tmp_path / "weights.pth"
+    path.write_bytes(content)
+    with pytest.raises(WeightsError) as info:
+        read_state_dict(path)
+    message = str(info.value)
+    assert "contains code" not in message
+    assert f"{path} is a text file" in message and "not a PyTorch checkpoint" in message
+    assert "--weights PATH" in message
+
+
+def test_plain_pickle_is_not_called_code(tmp_path):
+    import pickle
+
+    path = tmp_path / "w.pth"
+    path.write_bytes(pickle.dumps({"conv_stem.weight": [1.0, 2.0]}, protocol=2))
+    with pytest.raises(WeightsError, match="is a Python pickle but not a PyTorch checkpoint") as info:
+        read_state_dict(path)
+    assert "contains code" not in str(info.value)
+
+
+def test_code_message_names_the_refused_object(tmp_path, state):
+    torch.save({**state, "x": _Payload(tmp_path / "m")}, tmp_path / "evil.pth")
+    with pytest.raises(WeightsError, match=r"contains code \(pickled Python objects other than tensors: "
+                                           r"(posix|nt)\.mkdir\).*--weights PATH"):
+        read_state_dict(tmp_path / "evil.pth")
+
+
 def test_truncated_checkpoint(tmp_path, state):
     torch.save(state, tmp_path / "full.pth")
     data = (tmp_path / "full.pth").read_bytes()

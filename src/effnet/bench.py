@@ -18,15 +18,20 @@ from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 
 from .arch import DEFAULT_MODEL
 from .backends.base import Backend, predictions
 from .errors import EffnetError
-from .machine import cores as machine_cores, load_average, machine_info
-from .preprocessing import IMAGE_SUFFIXES, image_files as list_images
-from .resolved import ResolvedModel, Weights, resolve
+from .machine import cores as machine_cores
+from .machine import load_average, machine_info
+from .preprocessing import image_files as list_images
+from .resolved import RANDOM, ResolvedModel, Weights, resolve
+
+if TYPE_CHECKING:
+    from .classifier import Classifier
 
 __all__ = ["BenchResult", "Measurement", "bench", "bench_end_to_end", "bench_engine", "format_report",
            "measure", "percentiles"]
@@ -145,13 +150,15 @@ class _TimedBackend:
 
 @dataclass
 class EndToEnd:
+    """What an end-to-end run saw: the pipeline's figures, the engine's own, and the files it could not read."""
+
     measurement: Measurement  # latencies: per image, from handing its path to the pipeline to its result
     infer_latencies_s: list[float]  # per batch, from handing it to the engine to its probabilities
     errors: dict[str, str]  # unreadable file -> the message (each reported once, however often it cycled)
     failed: int  # outcomes that were errors, cycles included
 
 
-def bench_end_to_end(classifier, files: Sequence[str | os.PathLike[str]], *, seconds: float = 20.0,
+def bench_end_to_end(classifier: Classifier, files: Sequence[str | os.PathLike[str]], *, seconds: float = 20.0,
                      warmup: bool = True, top: int = 5) -> EndToEnd:
     """End to end: cycle over `files` through `classifier.classify_iter` for `seconds`.
 
@@ -205,7 +212,7 @@ def image_files(folder: str | os.PathLike[str]) -> list[Path]:
         raise EffnetError(f"--images {folder}: not a folder; give a folder of JPEG/PNG files")
     files = list_images(folder)
     if not files:
-        raise EffnetError(f"no image files ({', '.join(sorted(IMAGE_SUFFIXES))}) under {folder}")
+        raise EffnetError(f"no image files (any format Pillow reads) under {folder}")
     return files
 
 
@@ -217,7 +224,7 @@ class BenchResult:
 
     mode: str  # "engine" (random crops) or "end-to-end" (files)
     model: str
-    weights_sha256: str | None  # None: random weights
+    weights_sha256: str | None  # the weights' identity, as in the export caches; None: random weights
     backend: str
     precision: str
     batch: int  # images per backend call
@@ -237,6 +244,11 @@ class BenchResult:
     machine: dict = field(default_factory=dict)
 
     @property
+    def weights_id(self) -> str:
+        """The weights in a report line: the sha256's first 16 hex digits, or 'random'."""
+        return self.weights_sha256[:16] if self.weights_sha256 else RANDOM
+
+    @property
     def streams(self) -> int | None:
         return self.engine.get("streams")
 
@@ -250,9 +262,14 @@ class BenchResult:
         return out
 
 
+RequestBatch = int | None | Literal["auto"]  # the exported model's batch, as create_backend takes it
+
+
 def make_backend(kind: str, resolved: ResolvedModel, precision: str | None, *, hint: str = "THROUGHPUT",
-                 streams: int | None = None, threads: int | None = None, request_batch="auto",
-                 calibration=None, cache_root=None, log: Callable[[str], None] = lambda _: None) -> Backend:
+                 streams: int | None = None, threads: int | None = None, request_batch: RequestBatch = "auto",
+                 calibration: str | os.PathLike[str] | None = None,
+                 cache_root: str | os.PathLike[str] | None = None,
+                 log: Callable[[str], None] = lambda _: None) -> Backend:
     """A backend through `backends.create_backend`; `streams` is refused where the engine has none."""
     from .backends import create_backend, resolve_kind
 
@@ -262,12 +279,14 @@ def make_backend(kind: str, resolved: ResolvedModel, precision: str | None, *, h
                           hint=hint, streams=streams, threads=threads, cache_root=cache_root, log=log)
 
 
-def bench(model: str | ResolvedModel = DEFAULT_MODEL, weights: Weights = "imagenet", *, backend: str = "auto", precision: str | None = None,
-          batch: int = 8, streams: int | None = None, hint: str = "THROUGHPUT", threads: int | None = None,
-          seconds: float = 20.0, images: str | os.PathLike[str] | None = None, decode_workers: int | None = None,
-          request_batch="auto", calibration: str | os.PathLike[str] | None = None, cache_root=None,
+def bench(model: str | ResolvedModel = DEFAULT_MODEL, weights: Weights = "imagenet", *, backend: str = "auto",
+          precision: str | None = None, batch: int = 8, streams: int | None = None, hint: str = "THROUGHPUT",
+          threads: int | None = None, seconds: float = 20.0, images: str | os.PathLike[str] | None = None,
+          decode_workers: int | None = None, request_batch: RequestBatch = "auto",
+          calibration: str | os.PathLike[str] | None = None, cache_root: str | os.PathLike[str] | None = None,
           engine: Backend | None = None, log: Callable[[str], None] = lambda _: None) -> BenchResult:
-    """Benchmark `name` on `backend` at `precision`: engine-only, or end to end over the `images` folder.
+    """Benchmark `model` with `weights` on `backend` at `precision`: engine-only, or end to end over the
+    `images` folder. The result names the weights by their sha256, as every other output does.
 
     `batch` is the number of images per backend call (the Classifier's batch size); an OpenVINO
     backend spreads one call over its infer requests (one per stream), so `batch` >= streams keeps
@@ -283,16 +302,14 @@ def bench(model: str | ResolvedModel = DEFAULT_MODEL, weights: Weights = "imagen
 
         resolve_kind(backend, precision)  # a missing engine fails before any download or build
     resolved = resolve(model, weights)
-    config = resolved.preprocess
     load_before = load_average()
     if engine is None:
         engine = make_backend(backend, resolved, precision, hint=hint, streams=streams, threads=threads,
                               request_batch=request_batch, calibration=calibration, cache_root=cache_root, log=log)
-    settings = engine.settings()
-    common = {"model": resolved.name, "weights_sha256": resolved.weights_sha256, "backend": engine.name, "precision": engine.precision, "batch": batch,
-              "engine": settings}
+    common = {"model": resolved.name, "weights_sha256": resolved.weights_sha256, "backend": engine.name,
+              "precision": engine.precision, "batch": batch, "engine": engine.settings()}
     if files is None:
-        m = bench_engine(engine, config.input_size, batch=batch, seconds=seconds)
+        m = bench_engine(engine, resolved.input_size, batch=batch, seconds=seconds)
         result = BenchResult(mode="engine", throughput_ips=m.throughput, latency_ms=percentiles(m.latencies_s),
                              images=m.images, seconds=m.wall_s, cpu_share=m.cpu_share, **common)
     else:
@@ -322,14 +339,16 @@ def format_report(r: BenchResult) -> str:
     what = ("engine-only (random uint8 crops)" if r.mode == "engine"
             else f"end to end ({r.files} files, decode + preprocess + infer + top-k)")
     e = r.engine
-    lines = [f"effnet bench: {r.model}, {r.backend} {r.precision}, {what}",
+    lines = [f"effnet bench: {r.model} (weights {r.weights_id}), {r.backend} {r.precision}, {what}",
              f"  throughput  {r.throughput_ips:.3f} img/s  ({r.images} images in {r.seconds:.1f} s)"]
     if r.mode == "engine":
-        lines.append(f"  latency     {_ms(r.latency_ms)}  (per batch of {r.batch} images, handed to the engine -> result)")
+        lines.append(f"  latency     {_ms(r.latency_ms)}  "
+                     f"(per batch of {r.batch} images, handed to the engine -> result)")
     else:
         lines.append(f"  latency     {_ms(r.latency_ms)}  (per image, file handed over -> prediction)")
         if r.infer_latency_ms:
-            lines.append(f"  inference   {_ms(r.infer_latency_ms)}  (per batch of up to {r.batch} images, handed to the engine -> result)")
+            lines.append(f"  inference   {_ms(r.infer_latency_ms)}  "
+                         f"(per batch of up to {r.batch} images, handed to the engine -> result)")
         if r.failed:
             lines.append(f"  unreadable  {len(r.errors)} file(s), {r.failed} failed attempts:")
             lines.extend(f"    {msg}" for msg in r.errors.values())

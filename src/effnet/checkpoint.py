@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import io
 import os
 import pickle
+import pickletools
 import re
+import zipfile
 from collections.abc import Mapping
 from enum import Enum
 from pathlib import Path
+from typing import BinaryIO
 
 import torch
 from torch import nn
@@ -23,14 +27,25 @@ class Layout(Enum):
     LUKEMELAS = "lukemelas/EfficientNet-PyTorch"  # _conv_stem, _blocks.<flat index>._expand_conv, ...
 
 
-def detect_layout(state_dict: dict[str, torch.Tensor]) -> Layout:
-    if "_conv_stem.weight" in state_dict:
-        return Layout.LUKEMELAS
-    if "conv_stem.weight" in state_dict:
-        return Layout.TIMM
+# The top-level module names of each layout. A layout is recognised by what most keys look like, so a
+# checkpoint that lacks a key or two is still named correctly and load_strict can list what it lacks.
+_LAYOUT_MODULES = {
+    Layout.TIMM: frozenset({"conv_stem", "bn1", "blocks", "conv_head", "bn2", "classifier"}),
+    Layout.LUKEMELAS: frozenset({"_conv_stem", "_bn0", "_blocks", "_conv_head", "_bn1", "_fc"}),
+}
+
+
+def detect_layout(state_dict: Mapping[str, torch.Tensor]) -> Layout:
+    """The layout that more than half of the keys follow (by their first name component)."""
+    counts = {layout: sum(key.split(".", 1)[0] in modules for key in state_dict)
+              for layout, modules in _LAYOUT_MODULES.items()}
+    best = max(counts, key=counts.__getitem__)
+    if state_dict and 2 * counts[best] > len(state_dict):
+        return best
     sample = ", ".join(list(state_dict)[:3]) or "no tensors"
-    raise WeightsError(f"unrecognised checkpoint layout (first keys: {sample}); expected timm/geffnet or "
-                       "lukemelas/EfficientNet-PyTorch EfficientNet weights")
+    raise WeightsError(f"unrecognised checkpoint layout (first keys: {sample}); expected the weights of an "
+                       "EfficientNet in timm/geffnet or lukemelas/EfficientNet-PyTorch layout: pass such a file "
+                       "with --weights PATH, or --weights imagenet for the official ones")
 
 
 # lukemelas names per block kind; the flat block index becomes (stage, index in stage).
@@ -88,7 +103,8 @@ def load_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: s
                  for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
                  if items]
         raise WeightsError(f"{source} does not fit {getattr(model, 'spec', None) and model.spec.variant.name or 'the model'}: "
-                           + "; ".join(parts))
+                           + "; ".join(parts) + "; choose the variant these weights belong to with --model NAME, "
+                           "or pass weights for this one with --weights PATH")
     model.load_state_dict(state_dict, strict=True)
 
 
@@ -108,7 +124,7 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """
     path = Path(path)
     if not path.is_file():
-        raise WeightsNotFoundError(f"weights file {path} does not exist")
+        raise WeightsNotFoundError(f"weights file {path} does not exist; pass an existing file with --weights PATH")
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         from safetensors import SafetensorError
@@ -117,13 +133,13 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         try:
             raw: object = load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as exc:
-            raise WeightsError(f"{path} is not a valid safetensors file ({exc})") from exc
+            raise WeightsError(f"{path} is not a valid safetensors file ({exc}); {_USE_INSTEAD}") from exc
     elif suffix in _PICKLE_SUFFIXES:
         raw = _torch_load(path)
     else:
         raise WeightsError(
-            f"{path}: unsupported weights format {suffix or '(no extension)'}; use .safetensors, "
-            f"{', '.join(sorted(_PICKLE_SUFFIXES))}"
+            f"{path}: unsupported weights format {suffix or '(no extension)'}; pass a .safetensors or "
+            f"{', '.join(sorted(_PICKLE_SUFFIXES))} file with --weights PATH"
         )
     return _tensors(_unwrap(raw), path)
 
@@ -134,17 +150,102 @@ def _torch_load(path: Path) -> object:
     try:
         with context:
             return torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
-        if "weights only load failed" in str(exc).lower():
-            raise WeightsError(
-                f"{path} contains code (pickled Python objects other than tensors) and was not loaded. "
-                "Convert it where you trust it: torch.save(model.state_dict(), ...) or safetensors"
-            ) from exc
-        raise WeightsError(f"{path} is not a PyTorch checkpoint or is corrupt ({exc})") from exc
-    except Exception as exc:  # torch reports garbage as KeyError, EOFError, RuntimeError, ...
-        raise WeightsError(
-            f"{path} is not a PyTorch checkpoint or is corrupt ({type(exc).__name__}: {exc})"
-        ) from exc
+    except Exception as exc:  # torch reports garbage as UnpicklingError, KeyError, EOFError, RuntimeError, ...
+        raise WeightsError(_why_unreadable(path, exc)) from exc
+
+
+_USE_INSTEAD = ("pass a file written by torch.save(model.state_dict(), ...) or safetensors with --weights PATH, "
+                "or --weights imagenet for the official weights")
+_ZIP_MAGIC = b"PK\x03\x04"
+_PICKLE_PROTO = 0x80  # the first byte of every pickle of protocol 2 or later (torch.save writes 2)
+_GLOBAL_IN_ERROR = re.compile(r"GLOBAL ([\w.]+)")
+# What torch's weights-only reader accepts by itself: the tensor-rebuilding functions and containers.
+_TENSOR_GLOBALS = ("torch.", "collections.OrderedDict", "builtins.set", "_codecs.encode", "argparse.Namespace")
+
+
+def _why_unreadable(path: Path, exc: Exception) -> str:
+    """What is wrong with a .pth that torch refused, in words. 'Contains code' is said only of a
+    well-formed pickle that references objects other than tensors: torch's weights-only reader
+    also fails on text and garbage (as an 'unsupported operand' or a KeyError), which is no code."""
+    with open(path, "rb") as file:
+        head = file.read(256)
+    if not head:
+        return f"{path} is empty (0 bytes), not a PyTorch checkpoint; {_USE_INSTEAD}"
+    references = _pickled_globals(path, head)
+    if references is None:
+        if not head.startswith(_ZIP_MAGIC) and head[0] != _PICKLE_PROTO and _looks_like_text(head):
+            first = _one_line(head.decode("utf-8", "replace"))[:40]
+            return f"{path} is a text file (it begins {first!r}), not a PyTorch checkpoint; {_USE_INSTEAD}"
+        kind = ("a zip archive but not a complete torch.save file (truncated or corrupt?)"
+                if head.startswith(_ZIP_MAGIC) else "neither a torch.save file nor a pickle, or it is corrupt")
+        return f"{path} is not a PyTorch checkpoint: it is {kind} ({_short(exc)}); {_USE_INSTEAD}"
+    refused = list(dict.fromkeys(_GLOBAL_IN_ERROR.findall(str(exc)) or
+                                 [g for g in references if not g.startswith(_TENSOR_GLOBALS)]))
+    if isinstance(exc, pickle.UnpicklingError) and refused:
+        return (f"{path} contains code (pickled Python objects other than tensors: {', '.join(refused[:3])}) and "
+                "was not loaded. Convert it where you trust it with torch.save(model.state_dict(), ...) or "
+                "safetensors, then pass the new file with --weights PATH")
+    return (f"{path} is a Python pickle but not a PyTorch checkpoint (saved with pickle rather than torch.save?) "
+            f"({_short(exc)}); {_USE_INSTEAD}")
+
+
+def _pickled_globals(path: Path, head: bytes) -> list[str] | None:
+    """The module.name references of the file's pickle (torch.save's data.pkl, or the legacy format's
+    leading pickles), or None if the file holds no well-formed pickle."""
+    try:
+        if head.startswith(_ZIP_MAGIC):
+            with zipfile.ZipFile(path) as archive:
+                name = next((n for n in archive.namelist() if n.endswith("data.pkl")), None)
+                if name is None:
+                    return None
+                return _scan_pickles(io.BytesIO(archive.read(name)), limit=1)
+        if head[0] != _PICKLE_PROTO:
+            return None
+        with open(path, "rb") as stream:
+            return _scan_pickles(stream, limit=4)  # legacy: magic, protocol, sys info, the object
+    except (zipfile.BadZipFile, OSError, ValueError, EOFError):
+        return None
+
+
+def _scan_pickles(stream: BinaryIO, limit: int) -> list[str] | None:
+    """Globals referenced by up to `limit` consecutive pickles; None unless the first parses to its STOP."""
+    references: list[str] = []
+    for index in range(limit):
+        strings: list[str] = []
+        try:
+            for opcode, arg, _ in pickletools.genops(stream):
+                if opcode.name in ("GLOBAL", "INST"):
+                    references.append(str(arg).replace(" ", "."))
+                elif opcode.name == "STACK_GLOBAL" and len(strings) >= 2:
+                    references.append(f"{strings[-2]}.{strings[-1]}")
+                elif isinstance(arg, str):
+                    strings.append(arg)
+        except (ValueError, EOFError, UnicodeDecodeError):
+            if index == 0:
+                return None
+            break
+    return references
+
+
+def _looks_like_text(data: bytes) -> bool:
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError:  # perhaps cut inside a character at 256 bytes
+        text = data[:-4].decode("utf-8", "replace")
+    return all(ch.isprintable() or ch in "\t\r\n" for ch in text)
+
+
+def _one_line(text: str) -> str:
+    return " ".join(text.split())
+
+
+def _short(exc: Exception) -> str:
+    """The gist of torch's error: its first meaningful line, without the weights-only boilerplate."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    useful = [line for line in lines if not line.startswith(("Weights only load failed", "Please file an issue",
+                                                               "Check the documentation"))]
+    text = (useful or lines or [""])[0].split(". ")[0][:120]
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _unwrap(obj: object) -> object:
@@ -160,7 +261,7 @@ def _unwrap(obj: object) -> object:
 
 def _tensors(obj: object, path: Path) -> dict[str, torch.Tensor]:
     if not isinstance(obj, Mapping):
-        raise WeightsError(f"{path} holds a {type(obj).__name__}, not a state dict of tensors")
+        raise WeightsError(f"{path} holds a {type(obj).__name__}, not a state dict of tensors; {_USE_INSTEAD}")
     tensors: dict[str, torch.Tensor] = {}
     for key, value in obj.items():
         if isinstance(key, str) and isinstance(value, torch.Tensor):
@@ -168,5 +269,5 @@ def _tensors(obj: object, path: Path) -> dict[str, torch.Tensor]:
                 key = key[len("module."):]
             tensors[key] = value
     if not tensors:
-        raise WeightsError(f"{path} contains no tensors")
+        raise WeightsError(f"{path} contains no tensors; {_USE_INSTEAD}")
     return tensors

@@ -1,12 +1,13 @@
 """Classifier: images -> centre crops -> backend -> probabilities -> top-k labelled predictions."""
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -15,8 +16,11 @@ from .backends import Backend, create_backend
 from .backends.base import predictions
 from .errors import EffnetError
 from .labels import imagenet_labels
-from .preprocessing import ImageSource, center_crop, load_image
+from .preprocessing import EncodedImage, ImageSource, center_crop, load_image
 from .resolved import ResolvedModel, Weights, resolve
+
+if TYPE_CHECKING:
+    from .explain import Explanation
 
 
 T = TypeVar("T")
@@ -30,6 +34,15 @@ class Prediction(NamedTuple):
 
 
 @dataclass(frozen=True)
+class Decoded(Generic[T]):
+    """One item of a decode stream: its (S, S, 3) uint8 crop, or why it has none."""
+
+    item: T
+    crop: np.ndarray | None = None
+    error: str | None = None
+
+
+@dataclass(frozen=True)
 class Outcome:
     """One input of a stream: its predictions, or why it could not be classified."""
 
@@ -39,6 +52,8 @@ class Outcome:
 
 
 def describe(source: ImageSource) -> str:
+    if isinstance(source, EncodedImage):
+        return source.name
     return os.fspath(source) if isinstance(source, (str, os.PathLike)) else f"<{type(source).__name__}>"
 
 
@@ -65,7 +80,7 @@ class Classifier:
                  backend: str | Backend = "auto", precision: str | None = None,
                  calibration: str | os.PathLike | None = None, batch_size: int = 8,
                  exif_transpose: bool = True, decode_workers: int | None = None,
-                 log: Callable[[str], None] = lambda _: None) -> None:
+                 log: Callable[[str], None] = lambda _: None, max_pixels: int | None = None) -> None:
         """`model`: a name (resolved here, once, with `weights`: "imagenet", a path, or None/"random")
         or a ResolvedModel. `backend`: an engine name (torch, onnxruntime, openvino, or auto: the
         fastest installed) run at `precision` (None: the engine's default, bf16 for OpenVINO on CPUs
@@ -82,8 +97,10 @@ class Classifier:
         self.backend = backend
         self.batch_size = batch_size
         self.exif_transpose = exif_transpose
+        self.max_pixels = max_pixels  # files over it are refused undecoded; None: Pillow's threshold (load_image)
         self.decode_workers = decode_workers or min(4, os.cpu_count() or 1)
         self.labels = imagenet_labels()
+        self._gradient_model = None  # built on the first explain() where the engine is not torch
 
     @property
     def name(self) -> str:
@@ -95,12 +112,35 @@ class Classifier:
 
     def crop(self, image: ImageSource) -> np.ndarray:
         """Decode one input and cut the (S, S, 3) uint8 crop the backend takes."""
-        return center_crop(load_image(image, exif_transpose=self.exif_transpose), self.config)
+        return center_crop(load_image(image, exif_transpose=self.exif_transpose, max_pixels=self.max_pixels), self.config)
 
     def top_k(self, probs: np.ndarray, top: int) -> list[list[Prediction]]:
         top = max(1, min(top, probs.shape[1]))
         order = np.argsort(-probs, axis=1, kind="stable")[:, :top]
         return [[Prediction(int(i), self.labels[i], float(p[i])) for i in row] for p, row in zip(probs, order)]
+
+    def explain(self, image: ImageSource, target: int | str | None = None) -> Explanation:
+        """Grad-CAM of `target` (a class index or label; None: the top-1) on `image`, computed with the
+        PyTorch model (gradients) whatever engine answers `classify`; heatmap and overlay on the photo
+        as the user sees it (EXIF orientation applied when the classifier applies it)."""
+        from .explain import resolve_target
+
+        return self._explain(image, 1 if target is None else [resolve_target(target, self.labels)])[0]
+
+    def explain_top(self, image: ImageSource, k: int = 5) -> list[Explanation]:
+        """Explanations of the `k` most likely classes, most likely first (one forward pass for all)."""
+        return self._explain(image, max(1, k))
+
+    def _explain(self, image: ImageSource, targets: int | list[int]) -> list[Explanation]:
+        from .explain import explain_classes
+
+        if self._gradient_model is None:  # the torch engine's own model, else one built on first use
+            from .backends.torch_backend import TorchBackend
+
+            torch_backend = isinstance(self.backend, TorchBackend)
+            self._gradient_model = self.backend.model if torch_backend else self.resolved.create_model()
+        photo = load_image(image, exif_transpose=self.exif_transpose, max_pixels=self.max_pixels)
+        return explain_classes(self._gradient_model, self.config, photo, targets, self.labels)
 
     def probabilities(self, images: Sequence[ImageSource]) -> np.ndarray:
         """(N, 1000) probabilities; raises ImageError on the first input that cannot be decoded."""
@@ -121,33 +161,46 @@ class Classifier:
         Decoding runs in worker threads (Pillow releases the GIL) while the backend infers earlier
         batches, so a folder of JPEGs runs near the engine's own speed.
         """
-        with ThreadPoolExecutor(self.decode_workers) as pool:
-            decoded = bounded_map(pool, self._try_crop, sources, ahead=2 * self.batch_size + self.decode_workers)
-            groups: deque[list[tuple[str, np.ndarray | str]]] = deque()  # sent to the backend, not yet answered
+        groups: deque[list[Decoded[ImageSource]]] = deque()  # sent to the backend, not yet answered
 
-            def batches() -> Iterator[np.ndarray]:
-                for group in chunks(decoded, self.batch_size):
-                    groups.append(group)
-                    yield self._stack([c for _, c in group if not isinstance(c, str)])
+        def batches(decoded: Iterable[list[Decoded[ImageSource]]]) -> Iterator[np.ndarray]:
+            for group in decoded:
+                groups.append(group)
+                yield self._stack([d.crop for d in group if d.crop is not None])
 
-            for probs in predictions(self.backend, batches()):
+        # closing(): an abandoned stream stops its decode threads at once, not when garbage collected.
+        with contextlib.closing(self.decode_batches(sources)) as decoded:
+            for probs in predictions(self.backend, batches(decoded)):
                 ranked = iter(self.top_k(probs, top))
-                for name, crop_or_error in groups.popleft():
-                    if isinstance(crop_or_error, str):
-                        yield Outcome(name, error=crop_or_error)
+                for d in groups.popleft():
+                    if d.error is not None:
+                        yield Outcome(describe(d.item), error=d.error)
                     else:
-                        yield Outcome(name, predictions=next(ranked))
+                        yield Outcome(describe(d.item), predictions=next(ranked))
+
+    def decode_batches(self, items: Iterable[T], source: Callable[[T], ImageSource] | None = None
+                       ) -> Iterator[list[Decoded[T]]]:
+        """`items` in order, in lists of `batch_size`, each with its crop or the one-line reason it has none.
+
+        `source(item)` gives the image (a path, bytes, ...; default: the item itself) and runs in the
+        decode threads, so reading files happens there too. About two batches are decoded ahead of the
+        consumer: decoding overlaps inference, and a million items never sit in memory. This is the one
+        decode loop under classify_iter and `effnet eval`.
+        """
+        def decode(item: T) -> Decoded[T]:
+            try:
+                return Decoded(item, crop=self.crop(item if source is None else source(item)))
+            except EffnetError as exc:  # one bad input is reported in its place; the stream goes on
+                return Decoded(item, error=str(exc))
+
+        with ThreadPoolExecutor(self.decode_workers) as pool:
+            ahead = 2 * self.batch_size + self.decode_workers
+            yield from chunks(bounded_map(pool, decode, items, ahead), self.batch_size)
 
     def _stack(self, crops: list[np.ndarray]) -> np.ndarray:
         """(N, S, S, 3); N is 0 for a batch whose every file failed (it keeps its place in the stream)."""
         size = self.config.input_size
         return np.stack(crops) if crops else np.zeros((0, size, size, 3), np.uint8)
-
-    def _try_crop(self, source: ImageSource) -> tuple[str, np.ndarray | str]:
-        try:
-            return describe(source), self.crop(source)
-        except EffnetError as exc:
-            return describe(source), str(exc)
 
 
 def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:

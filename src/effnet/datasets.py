@@ -36,7 +36,7 @@ class Layout(Enum):
 
 @dataclass(frozen=True)
 class Sample:
-    key: str  # POSIX path relative to the image root: stable across machines, the resume key
+    key: str  # POSIX path relative to the image root: stable across machines; with the content, the resume key
     path: Path
     label: int
 
@@ -52,7 +52,8 @@ class Dataset:
         return len(self.samples)
 
     def fingerprint(self) -> str:
-        """Hash of the (key, label) list: the dataset's identity, unchanged if the folder moves."""
+        """Hash of the (key, label) list: names the dataset, unchanged if the folder moves. Not the
+        resume key: a copy with replaced images has the same fingerprint (evaluate.store keys on content)."""
         digest = hashlib.sha256(self.layout.value.encode())
         for s in self.samples:
             digest.update(f"\n{s.key}\t{s.label}".encode())

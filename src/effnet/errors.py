@@ -27,3 +27,7 @@ class MissingEngineError(EffnetError, ImportError):
 
 class DatasetError(EffnetError):
     """A labelled image set that cannot be evaluated: bad annotation line, missing file, unknown WNID."""
+
+
+class OutputError(EffnetError, OSError):
+    """Results that cannot be written: a full disk, a read-only or misplaced output folder."""

@@ -16,12 +16,15 @@ tools/accuracy_checker/openvino/tools/accuracy_checker:
 """
 from __future__ import annotations
 
+import errno
 import io
 import math
 import os
+import stat
 import struct
 import threading
 import warnings
+from collections.abc import Iterable
 from dataclasses import dataclass
 from enum import Enum
 from functools import lru_cache
@@ -29,7 +32,7 @@ from pathlib import Path
 from typing import BinaryIO, Union
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
 from .errors import ImageError
 
@@ -55,16 +58,131 @@ class PreprocessConfig:
         return math.floor(self.input_size / self.crop_pct)
 
 
-ImageSource = Union[str, os.PathLike, bytes, Image.Image, np.ndarray]
+@dataclass(frozen=True)
+class EncodedImage:
+    """An encoded file's bytes already read (from an object store, or hashed first), with the name its
+    messages should give: the path or URI the user knows, not '<bytes>'."""
 
-# What counts as an image when a folder is given (classify, eval, bench, int8 calibration).
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm",
-                            ".pbm"})
+    data: bytes
+    name: str
 
 
-def image_files(folder: str | os.PathLike) -> list[Path]:
-    """The image files under `folder` (by suffix, recursively), sorted; empty if there are none."""
-    return sorted(p for p in Path(folder).rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+ImageSource = Union[str, os.PathLike, bytes, EncodedImage, Image.Image, np.ndarray]
+
+# ---- which files a folder holds (classify, eval, bench, int8 calibration) ----------------------
+# The rule: every suffix Pillow can decode counts; names starting with '.' are skipped unless given
+# explicitly (`effnet classify .` must not wander into .venv or .git); symbolic links are followed, but
+# never back into a folder above them; what cannot be looked at (a broken link, a folder without read
+# permission) is reported as a Skipped entry rather than passed over in silence.
+
+@dataclass(frozen=True)
+class Skipped:
+    """A folder entry that looked like an image (or was a folder) but could not be listed, and why."""
+
+    path: Path
+    reason: str
+
+
+@dataclass
+class Listing:
+    """What a set of command-line paths expands to: the files to classify, in order, and what was skipped."""
+
+    files: list[Path]
+    skipped: list[Skipped]
+
+
+def image_suffixes() -> frozenset[str]:
+    """Lower-case suffixes of every format Pillow can decode here, plugins registered so far included."""
+    Image.init()
+    return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items() if _decodable(fmt))
+
+
+def __getattr__(name: str):
+    # IMAGE_SUFFIXES is computed on use, so that a plugin registered after import (pillow-heif, ...) counts.
+    if name == "IMAGE_SUFFIXES":
+        return image_suffixes()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def image_files(folder: str | os.PathLike, *, skipped: list[Skipped] | None = None) -> list[Path]:
+    """The image files under `folder` (by suffix, recursively, hidden entries left out), sorted; empty if
+    there are none. Entries that could not be looked at are appended to `skipped` when it is given."""
+    files: list[Path] = []
+    _walk(Path(folder), image_suffixes(), files, skipped if skipped is not None else [], frozenset())
+    return sorted(files)
+
+
+def expand_inputs(paths: Iterable[str | os.PathLike]) -> Listing:
+    """Command-line paths -> files: a folder becomes its images (see image_files), anything else is kept
+    as given (even a hidden or missing file: the classifier then says what is wrong with it)."""
+    listing = Listing([], [])
+    for given in paths:
+        path = Path(given)
+        try:
+            is_folder = stat.S_ISDIR(os.stat(path).st_mode)
+        except OSError:  # missing, or a parent without permission: reported per file when it is read
+            is_folder = False
+        listing.files.extend(image_files(path, skipped=listing.skipped) if is_folder else [path])
+    return listing
+
+
+def _decodable(fmt: str) -> bool:
+    if fmt not in Image.OPEN or fmt == "MPEG":  # MPEG: Pillow reads the size, never the pixels
+        return False
+    if fmt == "EPS":  # PostScript needs Ghostscript installed
+        from PIL import EpsImagePlugin
+
+        return bool(EpsImagePlugin.has_ghostscript())
+    factory = Image.OPEN[fmt][0]  # stubs (HDF5, GRIB, BUFR) need a handler that Pillow does not ship
+    return not (isinstance(factory, type) and issubclass(factory, ImageFile.StubImageFile))
+
+
+def _walk(folder: Path, suffixes: frozenset[str], files: list[Path], skipped: list[Skipped],
+          above: frozenset[tuple[int, int]]) -> None:
+    try:
+        st = os.stat(folder)
+        if (st.st_dev, st.st_ino) in above:
+            skipped.append(Skipped(folder, "symbolic link loop (it leads back to a folder above it)"))
+            return
+        with os.scandir(folder) as scan:
+            entries = list(scan)
+    except OSError as exc:
+        skipped.append(Skipped(folder, _os_reason(exc)))
+        return
+    above = above | {(st.st_dev, st.st_ino)}
+    for entry in entries:
+        if entry.name.startswith("."):
+            continue
+        path = Path(entry.path)
+        image_name = path.suffix.lower() in suffixes
+        try:
+            if not entry.is_symlink():
+                if entry.is_dir(follow_symlinks=False):
+                    _walk(path, suffixes, files, skipped, above)
+                elif image_name and entry.is_file(follow_symlinks=False):
+                    files.append(path)
+                continue
+            target = os.stat(path)  # a link: follow it
+        except FileNotFoundError:
+            if image_name:
+                skipped.append(Skipped(path, f"broken symbolic link (to {os.readlink(path)})"))
+            continue
+        except OSError as exc:
+            if image_name or exc.errno == errno.ELOOP:
+                skipped.append(Skipped(path, _os_reason(exc)))
+            continue
+        if stat.S_ISDIR(target.st_mode):
+            _walk(path, suffixes, files, skipped, above)
+        elif image_name and stat.S_ISREG(target.st_mode):
+            files.append(path)
+
+
+def _os_reason(exc: OSError) -> str:
+    if exc.errno in (errno.EACCES, errno.EPERM):
+        return "permission denied"
+    if exc.errno == errno.ELOOP:
+        return "symbolic link loop"
+    return (exc.strerror or str(exc)).lower()
 
 _RESAMPLE = {
     Interpolation.BICUBIC: Image.Resampling.BICUBIC,
@@ -80,19 +198,24 @@ _BOMB_ERRORS = (Image.DecompressionBombError, Image.DecompressionBombWarning)
 _WARNINGS_LOCK = threading.Lock()
 
 
-def load_image(source: ImageSource, *, exif_transpose: bool = True) -> Image.Image:
-    """Decode a path, bytes, PIL image or uint8 array (HxWx3 RGB or HxW grey) into an RGB PIL image."""
+def load_image(source: ImageSource, *, exif_transpose: bool = True, max_pixels: int | None = None) -> Image.Image:
+    """Decode a path, bytes, PIL image or uint8 array (HxWx3 RGB or HxW grey) into an RGB PIL image.
+
+    A file or bytes whose header claims more than `max_pixels` pixels is refused before any pixel is
+    decoded (a decompression bomb); None means Pillow's own refusal threshold (`pillow_pixel_limit()`,
+    about 179 MP), so photos from 100-megapixel cameras decode. Images already in memory are not limited.
+    """
     if isinstance(source, np.ndarray):
         return _from_array(source)
     if isinstance(source, Image.Image):
         return _finish(source, "<image>", exif_transpose)
-    if isinstance(source, (bytes, bytearray, memoryview)):
-        data = bytes(source)
+    if isinstance(source, (bytes, bytearray, memoryview, EncodedImage)):
+        data, name = (source.data, f"'{source.name}'") if isinstance(source, EncodedImage) else (bytes(source), "<bytes>")
         if not data:
-            raise ImageError("cannot read image <bytes>: no data (0 bytes)")
-        return _decode(io.BytesIO(data), "<bytes>", exif_transpose)
+            raise ImageError(f"cannot read image {name}: no data (0 bytes)")
+        return _decode(io.BytesIO(data), name, exif_transpose, max_pixels)
     if isinstance(source, (str, os.PathLike)):
-        return _load_path(os.fspath(source), exif_transpose)
+        return _load_path(os.fspath(source), exif_transpose, max_pixels)
     raise TypeError(f"expected a path, bytes, PIL image or numpy array, got {type(source).__name__}")
 
 
@@ -100,11 +223,9 @@ def center_crop(image: Image.Image, config: PreprocessConfig) -> np.ndarray:
     """Resize the shorter side to config.resize_size and centre crop input_size: uint8 (S, S, 3) RGB."""
     if image.mode != "RGB":
         raise ValueError(f"center_crop expects an RGB image (see load_image), got mode {image.mode!r}")
-    width, height = _resized_size(image.width, image.height, config.resize_size)
+    width, height, top, left = crop_geometry(image.width, image.height, config)
     resized = image.resize((width, height), _RESAMPLE[config.interpolation])
     size = config.input_size
-    # Python's round, half to even as in the checker: a 33-pixel margin starts at 16, a 35-pixel one at 18.
-    top, left = round((height - size) / 2), round((width - size) / 2)
     # Pillow pads with black where the box leaves the image, as the checker does (only if resize < crop).
     return np.array(resized.crop((left, top, left + size, top + size)))
 
@@ -128,11 +249,17 @@ def preprocess_image(
     return normalize(center_crop(image, config), config)[np.newaxis]
 
 
-def _resized_size(width: int, height: int, short_side: int) -> tuple[int, int]:
-    # OMZ scale_greater: int() truncates the longer side; a square takes the first branch (short, short).
+def crop_geometry(width: int, height: int, config: PreprocessConfig) -> tuple[int, int, int, int]:
+    """(resized width, resized height, top, left) of the checker's crop for a width x height photo."""
+    short_side = config.resize_size
+    # OMZ scale_greater: int() truncates the longer side; a square takes the second branch (short, short).
     if height > width:
-        return short_side, int(short_side * height / width)
-    return int(short_side * width / height), short_side
+        resized_w, resized_h = short_side, int(short_side * height / width)
+    else:
+        resized_w, resized_h = int(short_side * width / height), short_side
+    # Python's round, half to even as in the checker: a 33-pixel margin starts at 16, a 35-pixel one at 18.
+    size = config.input_size
+    return resized_w, resized_h, round((resized_h - size) / 2), round((resized_w - size) / 2)
 
 
 @lru_cache(maxsize=8)
@@ -144,7 +271,14 @@ def _normalize_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndar
     return table.astype(np.float32)
 
 
-def _load_path(path: str, exif_transpose: bool) -> Image.Image:
+def pillow_pixel_limit() -> int | None:
+    """The pixel count above which Pillow itself refuses to open an image: twice Image.MAX_IMAGE_PIXELS
+    (read now, so an application that changes it is followed); None if the application disabled it.
+    Below that Pillow only warns, from Image.MAX_IMAGE_PIXELS (about 89.5 MP) up."""
+    return None if Image.MAX_IMAGE_PIXELS is None else 2 * Image.MAX_IMAGE_PIXELS
+
+
+def _load_path(path: str, exif_transpose: bool, max_pixels: int | None = None) -> Image.Image:
     name = f"'{path}'"
     try:
         file = open(path, "rb")
@@ -157,16 +291,18 @@ def _load_path(path: str, exif_transpose: bool) -> Image.Image:
     with file:
         if os.fstat(file.fileno()).st_size == 0:
             raise ImageError(f"cannot read image {name}: the file is empty (0 bytes)")
-        return _decode(file, name, exif_transpose)
+        return _decode(file, name, exif_transpose, max_pixels)
 
 
-def _decode(file: BinaryIO, name: str, exif_transpose: bool) -> Image.Image:
+def _decode(file: BinaryIO, name: str, exif_transpose: bool, max_pixels: int | None = None) -> Image.Image:
+    limit = pillow_pixel_limit() if max_pixels is None else max_pixels
     try:
-        # Image.open checks the header's size against Image.MAX_IMAGE_PIXELS: an error above twice the
-        # limit, only a warning between. Refuse both, with the filter changed for this call only; the
-        # pixels are decoded later, outside the lock, so concurrent loads still decode in parallel.
+        # Image.open refuses a header over twice Image.MAX_IMAGE_PIXELS and only warns above it: the
+        # warning is no refusal (medium-format cameras take 100 MP photos), so it is silenced for this
+        # call only, never by changing Pillow's global, and our own limit is applied below. The pixels
+        # are decoded later, outside the lock, so concurrent loads still decode in parallel.
         with _WARNINGS_LOCK, warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             image = Image.open(file)
     except _BOMB_ERRORS as exc:
         raise ImageError(_bomb_message(name, exc)) from exc
@@ -174,6 +310,10 @@ def _decode(file: BinaryIO, name: str, exif_transpose: bool) -> Image.Image:
         raise ImageError(f"cannot read image {name}: not an image file, or a format Pillow cannot read") from exc
     except _DECODE_ERRORS as exc:
         raise ImageError(f"cannot read image {name}: {_describe(exc)}") from exc
+    # The header's size, before any pixel is decoded: a bomb costs only the few bytes read so far.
+    if limit is not None and image.width * image.height > limit:
+        image.close()
+        raise ImageError(_over_limit_message(name, image.size, limit, max_pixels is None))
     # No `with image:` here: closing would also free the pixels of the image we may return.
     return _finish(image, name, exif_transpose)
 
@@ -220,8 +360,17 @@ def _from_array(array: np.ndarray) -> Image.Image:
 
 
 def _bomb_message(name: str, exc: BaseException) -> str:
+    """Pillow's own refusal (over twice Image.MAX_IMAGE_PIXELS, or a frame checked while decoding)."""
     return (f"cannot read image {name}: too many pixels, refused as a possible decompression bomb "
-            f"({_one_line(str(exc))})")
+            f"({_one_line(str(exc))}); Pillow refuses this size itself, whatever --max-pixels says")
+
+
+def _over_limit_message(name: str, size: tuple[int, int], limit: int, default: bool) -> str:
+    width, height = size
+    which = "the default limit (Pillow's)" if default else "the limit"
+    return (f"cannot read image {name}: {width}x{height} is {width * height:,} pixels, over {which} of {limit:,}, "
+            f"refused as a possible decompression bomb before decoding; if the file is a real photo, allow it "
+            f"with --max-pixels {width * height} (max_pixels= in Python)")
 
 
 def _describe(exc: BaseException) -> str:

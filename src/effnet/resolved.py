@@ -12,9 +12,12 @@ from pathlib import Path
 from typing import Union
 
 from .arch import DEFAULT_MODEL, NetworkSpec, network_spec
+from .checkpoint import load_strict, read_state_dict, to_native
 from .errors import WeightsNotFoundError
+from .model import EfficientNet
 from .preprocessing import PreprocessConfig
 from .registry import CardFigures, WeightsEntry, weights_entry
+from .weights import download, file_sha256
 
 # None or "random": random init; "imagenet": the registry's official file; anything else: a file path.
 Weights = Union[str, os.PathLike, None]
@@ -56,11 +59,8 @@ class ResolvedModel:
         """Whether the weights are the registry's file (by content, wherever the file came from)."""
         return self.weights_sha256 is not None and self.entry.matches(self.weights_sha256)
 
-    def create_model(self, input_size: int | tuple[int, int] | None = None):
+    def create_model(self, input_size: int | tuple[int, int] | None = None) -> EfficientNet:
         """An eval-mode EfficientNet (logits) with these weights; `input_size` fixes its SAME pads."""
-        from .checkpoint import load_strict, read_state_dict, to_native
-        from .model import EfficientNet
-
         model = EfficientNet(self.spec)
         model.set_input_size(input_size)
         if self.weights_file is not None:
@@ -83,8 +83,6 @@ def resolve(model: str | ResolvedModel = DEFAULT_MODEL, weights: Weights = "imag
     entry = weights_entry(model)  # UnknownModelError lists the valid names
     spec = network_spec(model)
     path = weights_file(entry, weights, progress=progress)
-    from .weights import file_sha256
-
     digest = file_sha256(path) if path is not None else None
     return ResolvedModel(model, spec, entry, entry.preprocess, path, digest)
 
@@ -94,14 +92,23 @@ def weights_file(entry: WeightsEntry, weights: Weights, *, progress: bool = True
     if weights is None or (isinstance(weights, str) and weights == RANDOM):
         return None
     if isinstance(weights, str) and weights == "imagenet":
-        from .weights import download
-
         return download(entry, progress=progress)
     path = Path(weights).expanduser()
-    if not path.is_file():
-        problem = "is not a file" if path.exists() else "does not exist"
+    try:  # open, not only stat: a file behind a folder without permission must say so, not "missing"
+        with open(path, "rb"):
+            pass
+        problem = None
+    except FileNotFoundError:
+        problem = "does not exist"
+    except IsADirectoryError:
+        problem = "is a folder, not a file"
+    except PermissionError:
+        problem = "cannot be read: permission denied (on the file or a folder above it)"
+    except OSError as exc:
+        problem = f"cannot be read: {exc.strerror or exc}"
+    if problem is not None:
         raise WeightsNotFoundError(
-            f"weights file {path} {problem}; pass an existing file with --weights PATH, or --weights imagenet "
+            f"weights file {path} {problem}; pass a readable file with --weights PATH, or --weights imagenet "
             f"for the official {entry.model} weights"
         )
     return path

@@ -56,8 +56,12 @@ class OpenVINOBackend:
         self.precision = precision
         core = ov.Core()
         if cache_dir is not None:
-            Path(cache_dir).mkdir(parents=True, exist_ok=True)
-            core.set_property({"CACHE_DIR": str(cache_dir)})
+            try:
+                Path(cache_dir).mkdir(parents=True, exist_ok=True)
+            except OSError:  # a read-only or misplaced cache: compile without keeping the blob
+                cache_dir = None
+            else:
+                core.set_property({"CACHE_DIR": str(cache_dir)})
         config = {"PERFORMANCE_HINT": hint,
                   "INFERENCE_PRECISION_HINT": inference_precision(
                       precision, core.get_property("CPU", "OPTIMIZATION_CAPABILITIES"))}

@@ -141,8 +141,8 @@ def engine_ir(resolved: ResolvedModel, *, precision: str = "fp32", batch: int | 
     key = export_key(resolved, f"openvino_engine{ENGINE_REVISION}", precision, batch, calibration, subset_size)
 
     def build(path: Path) -> None:
-        log(f"building the {resolved.name} {precision} OpenVINO engine model once "
-            f"(cached for later runs; B7 takes about a minute)")
+        log(f"building the {resolved.name} {precision} OpenVINO engine model (B7 takes about a minute; "
+            f"kept in the cache for later runs where the cache is writable)")
         ir = build_ir(resolved, precision, batch=batch, calibration_files=files, subset_size=subset_size, log=log)
         save_ir(engine_model(ir), path, precision)
 

@@ -3,61 +3,95 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
-from pathlib import Path
 
 from ..errors import EffnetError
-from .options import engine_options, model_option, notice, positive_int, progress, weights_option
-
-
-def expand_paths(paths: list[str]) -> list[str]:
-    """Files as given; directories become their image files, sorted (recursively)."""
-    from ..preprocessing import image_files
-
-    out: list[str] = []
-    for p in paths:
-        out.extend(map(str, image_files(p)) if Path(p).is_dir() else [p])
-    return out
+from .options import (Progress, before_engine, engine_options, model_option, notice, positive_int, weights_label,
+                      weights_option)
 
 
 def add(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("classify", help="classify images (files or folders)",
-                       description="Classify images with an ImageNet-1k EfficientNet (B7, the card's model, by default).")
+                       description="Classify images with an ImageNet-1k EfficientNet (B7, the card's model, by default). "
+                                   "A folder stands for the images under it: every format Pillow reads, hidden "
+                                   "entries (names starting with '.') left out; entries that cannot be read are "
+                                   "reported as skipped.")
     model_option(p)
     weights_option(p)
-    p.add_argument("--top", type=positive_int, default=5, metavar="K", help="predictions per image (default 5)")
-    p.add_argument("--json", action="store_true", help="one JSON object per line")
-    p.add_argument("--batch-size", type=positive_int, default=8, metavar="N")
+    p.add_argument("--top", type=positive_int, default=5, metavar="K",
+                   help="predictions per image (default 5; more than the 1000 classes shows all of them)")
+    p.add_argument("--json", action="store_true",
+                   help="one JSON object per line, with the model, weights, backend and precision in each")
+    p.add_argument("--batch-size", type=positive_int, default=8, metavar="N", help="images per engine call (default 8)")
     engine_options(p)
+    p.add_argument("--max-pixels", type=positive_int, default=None, metavar="N",
+                   help="refuse images whose header claims more than N pixels, before decoding "
+                        "(default: Pillow's own refusal threshold, about 179 million)")
     p.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders of images")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
     from ..classifier import Classifier
+    from ..labels import imagenet_labels
+    from ..preprocessing import expand_inputs
 
-    files = expand_paths(args.paths)
+    listing = expand_inputs(args.paths)
+    for skipped in listing.skipped:  # before the model loads: a person sees at once what will be missing
+        notice(f"skipped {skipped.path}: {skipped.reason}")
+    files = listing.files
     if not files:
-        raise EffnetError(f"no images found in {' '.join(args.paths)}")
+        extra = f" ({len(listing.skipped)} entries skipped)" if listing.skipped else ""
+        raise EffnetError(f"no images found in {' '.join(args.paths)}{extra}")
+    top = clamp_top(args.top, len(imagenet_labels()))
+    before_engine(args.model, args.weights, args.backend, args.precision)
     classifier = Classifier(args.model, args.weights, backend=args.backend, precision=args.precision,
-                            calibration=args.calibration, batch_size=args.batch_size, log=notice)
+                            calibration=args.calibration, batch_size=args.batch_size, max_pixels=args.max_pixels,
+                            log=notice)
+    meta = classifier.describe()
+    fields = {k: meta[k] for k in ("model", "weights_sha256", "backend", "precision")}
     failed = 0
-    for outcome in progress(classifier.classify_iter(files, top=args.top), len(files), "img"):
-        if outcome.error is not None:
-            failed += 1
-            if args.json:
-                print(json.dumps({"image": outcome.source, "error": outcome.error}), flush=True)
+    with Progress(len(files), "img") as bar:
+        if not args.json:
+            bar.line(header(fields))
+        for outcome in classifier.classify_iter(files, top=top):
+            bar.advance()
+            if outcome.error is not None:
+                failed += 1
+                if args.json:
+                    bar.line(json.dumps({"image": outcome.source, "error": outcome.error, **fields}))
+                else:
+                    bar.problem(outcome.error)
+            elif args.json:
+                ranked = [{"index": p.index, "label": p.label, "prob": round(p.probability, 6)}
+                          for p in outcome.predictions]
+                bar.line(json.dumps({"image": outcome.source, "top": ranked, **fields}))
             else:
-                print(f"effnet: {outcome.error}", file=sys.stderr, flush=True)
-            continue
-        if args.json:
-            top = [{"index": p.index, "label": p.label, "prob": round(p.probability, 6)} for p in outcome.predictions]
-            print(json.dumps({"image": outcome.source, "top": top}), flush=True)
-        else:
-            print(outcome.source)
-            for rank, p in enumerate(outcome.predictions, 1):
-                print(f"  {rank:>2}. {p.label:<32} {100 * p.probability:6.2f}%  (class {p.index})")
-            sys.stdout.flush()
-    if failed:
-        print(f"effnet: {failed} of {len(files)} images could not be classified", file=sys.stderr)
-    return 1 if failed else 0
+                bar.line("\n".join([outcome.source] + [
+                    f"  {rank:>2}. {p.label:<32} {100 * p.probability:6.2f}%  (class {p.index})"
+                    for rank, p in enumerate(outcome.predictions, 1)]))
+    return summarize(failed, len(files), len(listing.skipped))
+
+
+def clamp_top(top: int, classes: int) -> int:
+    """`--top` beyond the class count shows every class, with a note (not an error: the intent is clear)."""
+    if top <= classes:
+        return top
+    notice(f"--top {top} is more than the {classes} classes; showing all {classes}")
+    return classes
+
+
+def header(fields: dict) -> str:
+    """The first line of text output: which model, weights, engine and precision produced the results."""
+    return (f"# {fields['model']}, weights {weights_label(fields['weights_sha256'])}, "
+            f"{fields['backend']} {fields['precision']}")
+
+
+def summarize(failed: int, total: int, skipped: int) -> int:
+    """The closing line on stderr when something went wrong, and the exit status: 1 if anything did."""
+    if not failed and not skipped:
+        return 0
+    parts = [f"{failed} of {total} images could not be classified"] if failed else [f"{total} images classified"]
+    if skipped:
+        parts.append(f"{skipped} folder entries skipped")
+    notice("; ".join(parts))
+    return 1

@@ -5,8 +5,9 @@ import argparse
 import json
 from pathlib import Path
 
-from ..errors import EffnetError
-from .options import comma_list, model_option, positive_int, weights_option
+from ..errors import OutputError
+from .options import (comma_list, download_notice, emit, model_option, notice, positive_int, weights_option,
+                      writable_folder)
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -16,7 +17,9 @@ def add(sub: argparse._SubParsersAction) -> None:
                        description="Top-1/top-5 accuracy with 95 % Wilson intervals, one column per backend x "
                                    "precision, beside the card's values. DATA: an image folder with val.txt "
                                    "('<relative path> <class index>' lines), WordNet-ID sub-folders, or "
-                                   "LOC_val_solution.csv. Interrupted runs continue where they stopped.")
+                                   "LOC_val_solution.csv. Interrupted runs continue where they stopped; a "
+                                   "stored result is reused only for the same model, weights, engine, precision "
+                                   "and image content.")
     model_option(p)
     weights_option(p)
     p.add_argument("--backend", type=comma_list(KINDS), default=["torch"], metavar="B[,B..]",
@@ -25,29 +28,35 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help=f"{', '.join(ALL_PRECISIONS)}; pairs no engine runs are skipped (default fp32)")
     p.add_argument("--annotations", metavar="FILE", help="val.txt-style or LOC CSV labels for the images in DATA")
     p.add_argument("--limit", type=positive_int, metavar="N", help="a deterministic, class-stratified subset")
-    p.add_argument("--batch-size", type=positive_int, default=8, metavar="N")
+    p.add_argument("--batch-size", type=positive_int, default=8, metavar="N",
+                   help="images per engine call, decoded ahead in threads (default 8)")
     p.add_argument("--calibration", metavar="DIR", help="images to quantise int8 models with")
     p.add_argument("--resume-dir", metavar="DIR", help="where per-image results are kept (default: effnet's cache)")
-    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--json", action="store_true", help="print one JSON object instead of the Markdown table")
     p.add_argument("--report", metavar="FILE", help="also write the table as Markdown")
     p.add_argument("data", metavar="DATA", help="the labelled validation images")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..datasets import load_dataset
     from ..evaluate import configurations, evaluate
 
-    result = evaluate(args.data, model=args.model, weights=args.weights,
-                      configurations=configurations(args.backend, args.precision), annotations=args.annotations,
-                      limit=args.limit, batch_size=args.batch_size, calibration=args.calibration,
-                      resume_dir=args.resume_dir)
+    # Mistakes that would otherwise surface after hours: engines (installed, precision), the folders written.
+    columns = configurations(args.backend, args.precision)
+    resume_dir = writable_folder(args.resume_dir, "--resume-dir") if args.resume_dir else None
+    if args.report and not Path(args.report).expanduser().parent.is_dir():
+        raise OutputError(f"cannot write the report {args.report}: its folder does not exist")
+    dataset = load_dataset(args.data, args.annotations)  # a bad labels line fails before any download
+    download_notice(args.model, args.weights)
+    # The progress bar (stderr, only on a terminal) is closed inside evaluate(), before anything is printed.
+    result = evaluate(dataset, model=args.model, weights=args.weights, configurations=columns,
+                      limit=args.limit, batch_size=args.batch_size,
+                      calibration=args.calibration, resume_dir=resume_dir, log=notice)
     if args.report:
         try:
-            Path(args.report).write_text(result.to_markdown(), encoding="utf-8")
+            Path(args.report).expanduser().write_text(result.to_markdown(), encoding="utf-8")
         except OSError as exc:
-            raise EffnetError(f"cannot write the report {args.report}: {exc.strerror or exc}") from exc
-    if args.json:
-        print(json.dumps(result.to_dict(), indent=2))
-    else:
-        print(result.to_markdown(max_failed=20), end="")
+            raise OutputError(f"cannot write the report {args.report}: {exc.strerror or exc}") from exc
+    emit(json.dumps(result.to_dict(), indent=2) if args.json else result.to_markdown(max_failed=20).rstrip("\n"))
     return 0

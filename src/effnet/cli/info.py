@@ -4,7 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 
-from .options import model_option
+from .options import emit, model_option
 
 
 def add_info(sub: argparse._SubParsersAction) -> None:
@@ -16,13 +16,14 @@ def add_info(sub: argparse._SubParsersAction) -> None:
 
 def model_info(name: str) -> dict:
     """Everything `effnet info` prints, as plain data."""
-    from ..arch import network_spec
     from ..complexity import complexity
-    from ..registry import weights_entry
+    from ..engines import INPUT_NAME, OUTPUT_NAME
+    from ..resolved import resolve
     from ..weights import cached_file
 
-    spec, entry = network_spec(name), weights_entry(name)
-    cost, cfg = complexity(name, entry.preprocess.input_size), entry.preprocess
+    model = resolve(name, None)  # the architecture and registry entry; weights are only looked for
+    spec, entry, cfg = model.spec, model.entry, model.preprocess
+    cost = complexity(name, cfg.input_size)
     cached = cached_file(entry)
     s = cfg.input_size
     return {
@@ -40,37 +41,42 @@ def model_info(name: str) -> dict:
         "parameters": cost.params,
         "parameters_bn_folded": cost.params_folded,
         "gflops": round(cost.gflops, 3),
-        "input": {"name": "data", "shape": [1, 3, s, s], "order": "RGB", "mean": list(cfg.mean),
+        "input": {"name": INPUT_NAME, "shape": [1, 3, s, s], "order": "RGB", "mean": list(cfg.mean),
                   "std": list(cfg.std), "resize": cfg.resize_size, "crop": s,
                   "interpolation": cfg.interpolation.value},
-        "output": {"name": "prob", "shape": [1, 1000], "meaning": "softmax probabilities over ImageNet-1k"},
+        "output": {"name": OUTPUT_NAME, "shape": [1, 1000], "meaning": "softmax probabilities over ImageNet-1k"},
         "weights": {"url": entry.url, "file": entry.filename, "sha256": entry.sha256,
                     "hash": entry.describe_hash(), "size": entry.size,
                     "cached": str(cached) if cached else None},
+        "card": ({"name": card.card, "top1": card.top1, "top5": card.top5, "parameters_millions": card.params_millions,
+                  "gflops": card.gflops} if (card := model.card) else None),
     }
 
 
 def run_info(args: argparse.Namespace) -> int:
     info = model_info(args.model)
     if args.json:
-        print(json.dumps(info, indent=2))
+        emit(json.dumps(info, indent=2))
         return 0
     inp, out, w = info["input"], info["output"], info["weights"]
-    print(f"{info['model']} ({info['family']}; width x{info['scaling']['width']}, depth x{info['scaling']['depth']}, "
+    emit(f"{info['model']} ({info['family']}; width x{info['scaling']['width']}, depth x{info['scaling']['depth']}, "
           f"{info['activation']})")
-    print(f"  stem {info['stem_channels']} -> {info['blocks']} blocks -> head {info['head_channels']} -> 1000")
-    print("  stage  block    repeats  kernel  stride  channels  SE")
+    emit(f"  stem {info['stem_channels']} -> {info['blocks']} blocks -> head {info['head_channels']} -> 1000")
+    emit("  stage  block    repeats  kernel  stride  channels  SE")
     for i, st in enumerate(info["stages"], 1):
-        print(f"  {i:>5}  {'MBConv' + str(st['expansion']):<7}  {st['repeats']:>7}  {st['kernel']}x{st['kernel']:<4}  "
+        emit(f"  {i:>5}  {'MBConv' + str(st['expansion']):<7}  {st['repeats']:>7}  {st['kernel']}x{st['kernel']:<4}  "
               f"{st['stride']:>6}  {st['channels']:>8}  {'yes' if st['squeeze_excite'] else 'no'}")
-    print(f"  parameters      {info['parameters']:,} ({info['parameters_bn_folded']:,} with BatchNorm folded)")
-    print(f"  GFLOPs          {info['gflops']:.3f} at {inp['crop']}x{inp['crop']}")
-    print(f"  input  {inp['name']}  {'x'.join(map(str, inp['shape']))} {inp['order']}, resize {inp['resize']} "
+    emit(f"  parameters      {info['parameters']:,} ({info['parameters_bn_folded']:,} with BatchNorm folded)")
+    emit(f"  GFLOPs          {info['gflops']:.3f} at {inp['crop']}x{inp['crop']}")
+    emit(f"  input  {inp['name']}  {'x'.join(map(str, inp['shape']))} {inp['order']}, resize {inp['resize']} "
           f"{inp['interpolation']}, centre crop {inp['crop']}, mean {inp['mean']}, std {inp['std']}")
-    print(f"  output {out['name']}  {'x'.join(map(str, out['shape']))} {out['meaning']}")
-    print(f"  weights {w['url']}")
-    print(f"          {w['hash']}" + (f", {w['size']:,} bytes" if w["size"] else ""))
-    print(f"          {'local copy ' + w['cached'] if w['cached'] else 'not downloaded yet (effnet download)'}")
+    emit(f"  output {out['name']}  {'x'.join(map(str, out['shape']))} {out['meaning']}")
+    emit(f"  weights {w['url']}")
+    emit(f"          {w['hash']}" + (f", {w['size']:,} bytes" if w["size"] else ""))
+    emit(f"          {'local copy ' + w['cached'] if w['cached'] else 'not downloaded yet (effnet download)'}")
+    if card := info["card"]:
+        emit(f"  card    {card['name']}: ImageNet val top-1 {card['top1']:.2f} %, top-5 {card['top5']:.2f} %, "
+              f"{card['parameters_millions']} M parameters, {card['gflops']} GFLOPs")
     return 0
 
 
@@ -84,5 +90,5 @@ def run_download(args: argparse.Namespace) -> int:
     from ..registry import weights_entry
     from ..weights import download
 
-    print(download(weights_entry(args.model), progress=True))
+    emit(str(download(weights_entry(args.model), progress=True)))
     return 0

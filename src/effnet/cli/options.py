@@ -1,11 +1,19 @@
-"""Options and helpers every `effnet` subcommand shares."""
+"""Options and helpers every `effnet` subcommand shares: the common flags, one-line notices on stderr,
+result lines on stdout (kept apart from progress bars), and checks that fail before minutes of work."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
 
 from ..arch import DEFAULT_MODEL, list_models
+from ..errors import OutputError
+
+T = TypeVar("T")
 
 
 def model_option(parser: argparse.ArgumentParser) -> None:
@@ -55,13 +63,157 @@ def comma_list(choices: list[str] | tuple[str, ...]) -> Callable[[str], list[str
 
 def notice(line: str) -> None:
     """One line to stderr before long work, so a person knows why nothing else is happening yet."""
-    print(f"effnet: {line}", file=sys.stderr, flush=True)
+    _to_stderr(f"effnet: {line}")
 
 
-def progress(items: Iterator, total: int, unit: str):
-    """A progress bar on a terminal when there is enough work to watch; silent otherwise."""
-    if total < 10 or not sys.stderr.isatty():
-        return items
-    from tqdm import tqdm
+def emit(text: str = "") -> None:
+    """One result line on stdout, flushed (results stream as they come). A full disk becomes an
+    OutputError; a closed pipe stays BrokenPipeError, which `main` turns into a quiet exit."""
+    _write(sys.stdout, text)
 
-    return tqdm(items, total=total, unit=unit, file=sys.stderr)
+
+def _write(stream, text: str) -> None:
+    if stream is None:  # Python's stdout when the process started with descriptor 1 closed (`>&-`)
+        raise OutputError("cannot write the results: standard output is closed")
+    try:
+        print(text, file=stream, flush=True)
+    except BrokenPipeError:
+        raise
+    except OSError as exc:
+        raise OutputError(f"cannot write the results to standard output ({exc.strerror or exc})") from exc
+
+
+def _to_stderr(line: str) -> None:
+    try:
+        print(line, file=sys.stderr, flush=True)
+    except (OSError, ValueError):  # nowhere left to say it; the exit status still tells
+        pass
+
+
+def stderr_is_terminal() -> bool:
+    try:
+        return sys.stderr.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+class Progress:
+    """A progress bar on stderr when it is a terminal and there is enough work to watch; silent otherwise.
+
+    Result lines go through `line` (stdout) and problems through `problem` (stderr): with a bar shown,
+    tqdm clears it before each line and redraws it after, so no line ever has a bar inside it.
+    """
+
+    def __init__(self, total: int, unit: str) -> None:
+        self.bar = None
+        if total >= 10 and stderr_is_terminal():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True)
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        if self.bar is not None:
+            self.bar.close()
+
+    def line(self, text: str) -> None:
+        if self.bar is None:
+            emit(text)
+            return
+        with self.bar.external_write_mode(file=sys.stdout):
+            emit(text)
+
+    def problem(self, text: str) -> None:
+        if self.bar is None:
+            notice(text)
+            return
+        with self.bar.external_write_mode(file=sys.stderr):
+            notice(text)
+
+    def advance(self) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+
+
+def progress(items: Iterator[T], total: int, unit: str) -> Iterator[T]:
+    """`items` with a progress bar on a terminal (for loops that print nothing else while it runs)."""
+    with Progress(total, unit) as bar:
+        for item in items:
+            yield item
+            bar.advance()
+
+
+def writable_folder(path: str, flag: str) -> Path:
+    """`path` as an existing, writable folder (created if missing), checked before long work starts;
+    an OutputError naming `flag` otherwise."""
+    folder = Path(path).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+        return folder
+    except FileExistsError:
+        reason = "it is a file, not a folder"
+    except NotADirectoryError:
+        reason = "a part of the path above it is a file, not a folder"
+    except PermissionError:
+        reason = "permission denied"
+    except OSError as exc:
+        reason = (exc.strerror or str(exc)).lower()
+    raise OutputError(f"cannot write to {flag} {path}: {reason}; give a writable folder")
+
+
+def cache_notice() -> None:
+    """One line when effnet's cache cannot be written: engine models are then built in a temporary
+    folder and thrown away at exit, so each run pays the build again."""
+    from ..weights import cache_dir
+
+    root = cache_dir()
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=root):
+            pass
+        return
+    except FileExistsError:
+        reason = "it is a file, not a folder"
+    except NotADirectoryError:
+        reason = "a part of the path is a file, not a folder"
+    except OSError as exc:
+        reason = (exc.strerror or type(exc).__name__).lower()
+    where = f"EFFNET_HOME={root}" if os.environ.get("EFFNET_HOME") else str(root)
+    notice(f"cannot write to the cache {where} ({reason}); engine models are built in a temporary folder for "
+           f"this run only (set EFFNET_HOME to a writable folder to keep them)")
+
+
+def download_notice(model: str, weights: object) -> bool:
+    """One line before the official weights are downloaded (B7: 266 MB), which may take minutes;
+    whether a download is coming."""
+    if weights != "imagenet":
+        return False
+    from ..registry import weights_entry
+    from ..weights import cached_file, weights_dir
+
+    entry = weights_entry(model)
+    if cached_file(entry) is not None:
+        return False
+    size = f" ({entry.size / 1e6:.0f} MB)" if entry.size else ""
+    notice(f"downloading the official {model} weights{size} once into {weights_dir()}")
+    return True
+
+
+def before_engine(model: str, weights: object, backend: str, precision: str | None) -> None:
+    """What to check and say before an engine is built: the engine itself first (a missing one is named
+    before any download), then a coming download, then a cache that cannot keep the engine model (not
+    when a download into that cache comes first: its error already names the folder)."""
+    from ..backends import resolve_kind
+
+    kind = resolve_kind(backend, precision)
+    if not download_notice(model, weights) and kind != "torch":
+        cache_notice()
+
+
+def weights_label(sha256: str | None) -> str:
+    """The weights as a header shows them: ResolvedModel.weights_id's 16 hex digits, or 'random'."""
+    return sha256[:16] if sha256 else "random"

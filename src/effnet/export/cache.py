@@ -72,8 +72,11 @@ def cached(key: str | None, filename: str, root: str | os.PathLike[str] | None,
     final = exports_dir(root) / key
     if (final / _MARKER).exists():
         return final / filename
-    final.parent.mkdir(parents=True, exist_ok=True)
-    work = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
+    try:
+        final.parent.mkdir(parents=True, exist_ok=True)
+        work = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
+    except OSError:  # a read-only (or misplaced) cache: build for this process only; the CLI says so
+        return cached(None, filename, root, build)
     try:
         build(work / filename)
         (work / _MARKER).touch()

@@ -11,16 +11,18 @@ import numpy as np
 
 from ..engines import FILE_PRECISIONS as PRECISIONS
 from ..errors import EffnetError
+from ..preprocessing import PreprocessConfig
 from ..resolved import ResolvedModel
 from .build import ir_from_onnx
 from .metadata import describe
 from .onnx import export_onnx, run_onnx
 from .openvino import bgr_nchw, run_ir, save_ir
 from .quantize import DEFAULT_SUBSET, image_files, load_crops, split_holdout
-from .verify import FP32_TOLERANCE, Agreement, compare, normalized_nchw, synthetic_crops, torch_probabilities
+from .verify import FP32_TOLERANCE, Agreement, compare, example_crops, normalized_nchw, torch_probabilities
 
 FORMATS = ("onnx", "openvino")
 VERIFY_IMAGES = 8  # fp32/fp16 parity: a few images prove the graph; agreement statistics need more
+VERIFY_EXTRA = 16  # photos taken from --images DIR: enough to see a problem, bounded for B7's speed
 
 
 class ParityError(EffnetError):
@@ -56,12 +58,14 @@ def ir_filename(name: str, precision: str) -> str:
 
 def export_model(resolved: ResolvedModel, *, output: str | os.PathLike[str], formats: Sequence[str] = ("onnx",), precision: str = "fp32", batch: int | None = 1,
                  calibration: str | os.PathLike[str] | None = None, subset_size: int = DEFAULT_SUBSET,
-                 verify: bool = True, log: Callable[[str], None] = lambda _: None) -> list[Exported]:
+                 verify: bool = True, images: str | os.PathLike[str] | None = None,
+                 log: Callable[[str], None] = lambda _: None) -> list[Exported]:
     """Write `name` in each of `formats` under `output`; ONNX is always fp32, `precision` is the IR's.
 
-    With `verify`, each file is run next to PyTorch: fp32 must match within 1e-4 (else ParityError),
-    fp16 and int8 report their agreement. int8 is calibrated on `calibration`'s images, every fifth
-    one kept back to measure agreement on images it did not see.
+    With `verify`, each file is run next to PyTorch on real photos (`verification_crops`): fp32
+    probabilities must match within 1e-4 (else ParityError), fp16 and int8 report their agreement.
+    int8 is calibrated on `calibration`'s images, every fifth one kept back to measure agreement on
+    images it did not see. `images`: a folder of more photos to verify on.
     """
     check_request(formats, precision, calibration)
     config, name = resolved.preprocess, resolved.name
@@ -73,9 +77,9 @@ def export_model(resolved: ResolvedModel, *, output: str | os.PathLike[str], for
     samples, reference = None, None
     if verify:
         # int8 is judged on every held-out photo; fp32/fp16 parity needs only a few inputs.
-        samples = (load_crops(held_files[:VERIFY_IMAGES if precision != "int8" else None], config,
-                              desc="verification images") if held_files else synthetic_crops(config.input_size))
-        log(f"running the PyTorch reference on {len(samples)} {'held-out' if held_files else 'synthetic'} images")
+        held = held_files if precision == "int8" else held_files[:VERIFY_IMAGES]
+        samples = verification_crops(config, images=images, held_out=held)
+        log(f"running the PyTorch reference on {len(samples)} photos")
         reference = torch_probabilities(model, samples, config)
     results: list[Exported] = []
     with tempfile.TemporaryDirectory(prefix="effnet-export-") as tmp:
@@ -85,7 +89,8 @@ def export_model(resolved: ResolvedModel, *, output: str | os.PathLike[str], for
         if "onnx" in formats:
             agreement = None
             if reference is not None:
-                agreement = _check(reference, run_onnx(onnx_path, normalized_nchw(samples, config)), "fp32", "onnx")
+                probs = run_onnx(onnx_path, normalized_nchw(samples, config))
+                agreement = check_parity(reference, probs, "fp32", "onnx")
             results.append(Exported("onnx", "fp32", onnx_path, agreement))
         if "openvino" in formats:
             ir = ir_from_onnx(resolved, onnx_path, precision, calibration_files=calib_files,
@@ -93,15 +98,34 @@ def export_model(resolved: ResolvedModel, *, output: str | os.PathLike[str], for
             xml = save_ir(ir, output / ir_filename(name, precision), precision)
             agreement = None
             if reference is not None:
-                agreement = _check(reference, run_ir(xml, bgr_nchw(samples)), precision, "openvino")
+                agreement = check_parity(reference, run_ir(xml, bgr_nchw(samples)), precision, "openvino")
             results.append(Exported("openvino", precision, xml, agreement))
     return results
 
 
-def _check(reference: np.ndarray, probs: np.ndarray, precision: str, fmt: str) -> Agreement:
+def verification_crops(config: PreprocessConfig, *, images: str | os.PathLike[str] | None = None,
+                       held_out: Sequence[Path] = ()) -> np.ndarray:
+    """The photos an export is verified on, as uint8 (N, S, S, 3) crops: views of the bundled example
+    photo, up to VERIFY_EXTRA of `images`' photos (spread over the folder), and the `held_out`
+    calibration photos. Always real photos, never synthetic patterns (see `example_crops`)."""
+    parts = [example_crops(config)]
+    if images is not None:
+        if not Path(images).is_dir():
+            raise EffnetError(f"--images {images}: not a folder; pass a folder of photos to verify the export on")
+        files = image_files(images)  # refuses a folder without images
+        step = max(1, len(files) // VERIFY_EXTRA)
+        parts.append(load_crops(files[::step][:VERIFY_EXTRA], config, desc="verification images"))
+    if held_out:
+        parts.append(load_crops(held_out, config, desc="held-out images"))
+    return np.concatenate(parts)
+
+
+def check_parity(reference: np.ndarray, probs: np.ndarray, precision: str, fmt: str) -> Agreement:
+    """The agreement of an exported file's probabilities with PyTorch's; fp32 probabilities off by
+    more than FP32_TOLERANCE on any photo (or NaN) raise ParityError (see `compare`)."""
     agreement = compare(reference, probs)
-    if precision == "fp32" and agreement.max_abs_diff > FP32_TOLERANCE:
-        raise ParityError(f"{fmt} fp32 differs from PyTorch by {agreement.max_abs_diff:.2e} "
-                          f"(> {FP32_TOLERANCE:g}) on {agreement.count} images; the export is wrong")
+    if precision == "fp32" and not agreement.max_abs_diff <= FP32_TOLERANCE:
+        raise ParityError(f"{fmt} fp32 differs from PyTorch by {agreement.max_abs_diff:.2e} in probability "
+                          f"(> {FP32_TOLERANCE:g}) on {agreement.count} real photos; the export is wrong")
     return agreement
 

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -12,7 +13,7 @@ from tqdm import tqdm
 
 from ..arch import Activation, NetworkSpec
 from ..errors import EffnetError, ImageError
-from ..preprocessing import IMAGE_SUFFIXES, PreprocessConfig, center_crop, load_image
+from ..preprocessing import PreprocessConfig, center_crop, load_image
 from ..preprocessing import image_files as list_images
 from .openvino import bgr_nchw
 from ..optional import require
@@ -30,7 +31,7 @@ def image_files(folder: str | os.PathLike[str]) -> list[Path]:
         raise EffnetError(f"calibration folder {root} does not exist or is not a folder")
     files = list_images(root)
     if not files:
-        raise EffnetError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {root}")
+        raise EffnetError(f"no images (any format Pillow reads) found under {root}")
     return files
 
 
@@ -38,7 +39,7 @@ def load_crops(files: Sequence[Path], config: PreprocessConfig, *, desc: str = "
                progress: bool = True) -> np.ndarray:
     """uint8 (N, S, S, 3) RGB centre crops; files that do not decode are skipped."""
     crops = []
-    for path in tqdm(files, desc=desc, unit="img", disable=not progress):
+    for path in tqdm(files, desc=desc, unit="img", disable=not (progress and sys.stderr.isatty())):
         try:
             crops.append(center_crop(load_image(path), config))
         except ImageError:

@@ -1,0 +1,104 @@
+"""The Ray engine: Ray Data feeds (position, uri) rows to a pool of actors; each actor loads the model once
+and reads and decodes its images with effnet's own code (the card's exact preprocessing, one bad file =
+one error row, no decoded images in the object store). Only the small answers come back to the driver,
+which writes the shards exactly as the local engine does.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+
+from ..resolved import ResolvedModel, Weights
+from .store import Row
+
+
+class Predictor:
+    """One Ray Data actor: the model, loaded once, answering batches of (position, uri) rows."""
+
+    def __init__(self, model: str, weights: Weights, weights_sha256: str | None, backend: str, precision: str,
+                 batch_size: int, top: int, decode_workers: int) -> None:
+        import ray
+
+        from ..classifier import Classifier
+        from ..errors import EffnetError, WeightsError
+        from ..resolved import resolve
+
+        resolved = resolve(model, weights, progress=False)
+        if resolved.weights_sha256 != weights_sha256:  # a node with another file must not answer for this job
+            raise WeightsError(f"weights on node {ray.get_runtime_context().get_node_id()} have sha256 "
+                               f"{resolved.weights_sha256}, the job's are {weights_sha256}")
+        self.classifier = Classifier(resolved, backend=backend, precision=precision, batch_size=batch_size,
+                                     decode_workers=decode_workers)
+        described = self.classifier.describe()
+        if (described["backend"], described["precision"]) != (backend, precision):
+            raise EffnetError(f"node runs {described['backend']} {described['precision']}, the job {backend} {precision}")
+        self.top = top
+        self.node = ray.get_runtime_context().get_node_id()
+
+    def __call__(self, batch):
+        import pyarrow as pa
+
+        from .sources import classify_positions
+
+        items = zip(batch.column("position").to_pylist(), batch.column("uri").to_pylist())
+        rows = list(classify_positions(self.classifier, items, self.top))
+        return pa.table({
+            "position": pa.array([r.position for r in rows], pa.int64()),
+            "error": pa.array([r.error for r in rows], pa.string()),
+            "indices": pa.array([r.indices for r in rows], pa.list_(pa.int32())),
+            "labels": pa.array([r.labels for r in rows], pa.list_(pa.string())),
+            "probabilities": pa.array([r.probabilities for r in rows], pa.list_(pa.float32())),
+            "node": pa.array([self.node] * len(rows), pa.string()),
+        })
+
+
+def ray_rows(resolved: ResolvedModel, weights: Weights, backend: str, precision: str, batch_size: int, top: int,
+             items: list[tuple[int, str]], *, address: str | None = None, workers: int | None = None,
+             cpus_per_worker: int | None = None, log: Callable[[str], None] = lambda _: None
+             ) -> Iterator[tuple[Row, str]]:
+    """Rows for `items` from an actor pool on the cluster at `address` (or RAY_ADDRESS; else a local Ray
+    started for this job). Each actor takes `cpus_per_worker` CPUs (default 1), which also sets its decode
+    threads; `workers` actors (default: as many as the cluster's CPUs allow)."""
+    import pyarrow as pa
+    import ray
+
+    address = address or os.environ.get("RAY_ADDRESS") or None
+    started = not ray.is_initialized()
+    if started:
+        # The actors resolve the weights themselves ("imagenet" from their own cache, a path on a shared
+        # file system) and check the sha256, so nothing large travels through the object store.
+        ray.init(address=address, include_dashboard=False, logging_level="WARNING", log_to_driver=True,
+                 configure_logging=True)
+    try:
+        ctx = ray.data.DataContext.get_current()
+        ctx.enable_progress_bars = False
+        ctx.verbose_stats_logs = False
+        ctx.wait_for_min_actors_s = 600  # the whole pool up before work starts: no node left idle
+        cpus = cpus_per_worker or 1
+        if workers is None:
+            workers = max(1, int(ray.cluster_resources().get("CPU", 1) // cpus))
+        log(f"ray: {workers} workers x {cpus} CPUs on {len([n for n in ray.nodes() if n.get('Alive')])} nodes")
+        uri_of = dict(items)
+        # Blocks of a few batches, made here (a repartition would need CPUs that the actors hold): small
+        # enough that every actor gets work, big enough to amortise the calls.
+        step = max(batch_size, -(-len(items) // (8 * workers)))
+        blocks = [pa.table({"position": pa.array([p for p, _ in part], pa.int64()),
+                            "uri": pa.array([u for _, u in part], pa.string())})
+                  for part in (items[i:i + step] for i in range(0, len(items), step))]
+        ds = ray.data.from_arrow(blocks)
+        weights_arg = os.fspath(resolved.weights_file) if (weights not in (None, "imagenet", "random")) else weights
+        ds = ds.map_batches(
+            # A call of several engine batches: inside it, decoding the next batch overlaps inferring this one.
+            Predictor, batch_size=4 * batch_size, batch_format="pyarrow", num_cpus=cpus,
+            compute=ray.data.ActorPoolStrategy(size=workers),
+            fn_constructor_kwargs=dict(model=resolved.name, weights=weights_arg,
+                                       weights_sha256=resolved.weights_sha256, backend=backend,
+                                       precision=precision, batch_size=batch_size, top=top, decode_workers=cpus))
+        for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+            cols = {name: batch.column(name).to_pylist() for name in batch.column_names}
+            for pos, err, idx, lab, prob, node in zip(cols["position"], cols["error"], cols["indices"],
+                                                      cols["labels"], cols["probabilities"], cols["node"]):
+                yield Row(pos, uri_of[pos], error=err, indices=idx, labels=lab, probabilities=prob), node
+    finally:
+        if started:
+            ray.shutdown()

@@ -1,0 +1,86 @@
+"""`effnet serve`: the model as an Open Inference Protocol server (HTTP + gRPC) with a page at /."""
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from ..arch import list_models
+from ..errors import EffnetError
+from .options import download_notice, engine_options, notice, positive_float, positive_int, weights_option
+
+
+def port(text: str) -> int:
+    value = int(text)
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"must be 0..65535 (0: any free port), got {value}")
+    return value
+
+
+def add(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve models over HTTP and gRPC (KServe v2 / Triton clients, a web page)",
+                       description="Serve models with the Open Inference Protocol (KServe v2) over HTTP and gRPC, "
+                                   "with Triton's binary-data, classification and schedule-policy extensions, "
+                                   "dynamic batching, a bounded queue, deadlines and a drain on SIGTERM. "
+                                   "A page for people is at GET /, the API description at /docs.")
+    p.add_argument("--model", nargs="+", default=None, choices=list_models(), metavar="NAME",
+                   help="one or more models (default: efficientnet_b7)")
+    weights_option(p)
+    engine_options(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
+    p.add_argument("--http-port", type=port, default=8000, help="HTTP port (default 8000; 0: any free port)")
+    p.add_argument("--grpc-port", type=port, default=8001, help="gRPC port (default 8001; 0: any free port)")
+    p.add_argument("--no-grpc", action="store_true", help="serve HTTP only")
+    p.add_argument("--max-batch-size", type=positive_int, default=8, metavar="N",
+                   help="images per engine call, and per request (default 8)")
+    p.add_argument("--max-queue-delay-ms", type=float, default=2.0, metavar="MS",
+                   help="how long the first request of a batch waits for others (default 2)")
+    p.add_argument("--max-queue-size", type=positive_int, default=64, metavar="N",
+                   help="requests admitted and not yet answered, per model; more are answered 503 (default 64)")
+    p.add_argument("--request-timeout-ms", type=positive_float, default=None, metavar="MS",
+                   help="deadline of every request (default none; a request's own `timeout` or gRPC deadline "
+                        "applies when sooner)")
+    p.add_argument("--max-request-bytes", type=positive_int, default=64 << 20, metavar="N",
+                   help="largest request body, also after decompression (default 64 MiB)")
+    p.add_argument("--max-pixels", type=positive_int, default=50_000_000, metavar="N",
+                   help="images whose header claims more pixels are refused undecoded (default 50 MP)")
+    p.add_argument("--token-file", type=Path, default=None, metavar="FILE",
+                   help="require 'Authorization: Bearer <token>' (the file's first line) on all but health "
+                        "and metrics")
+    p.add_argument("--cors-origin", nargs="+", default=[], metavar="ORIGIN",
+                   help="browser origins allowed to call the API (default: none)")
+    p.add_argument("--drain-timeout", type=positive_float, default=30.0, metavar="S",
+                   help="on SIGTERM, how long to finish accepted requests before exiting (default 30)")
+    p.add_argument("--decode-workers", type=positive_int, default=2, metavar="N",
+                   help="threads decoding images while the engine runs (default 2)")
+    p.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    from ..arch import DEFAULT_MODEL
+    from ..backends import resolve_kind
+    from ..classifier import Classifier
+    from ..serve import ServeOptions, serve
+
+    token = None
+    if args.token_file is not None:
+        try:
+            token = args.token_file.read_text("utf-8").splitlines()[0].strip()
+        except (OSError, UnicodeDecodeError, IndexError) as exc:
+            raise EffnetError(f"cannot read a token from {args.token_file}: {exc or 'empty file'}") from None
+        if not token:
+            raise EffnetError(f"{args.token_file} holds an empty token")
+    models = args.model or [DEFAULT_MODEL]
+    resolve_kind(args.backend, args.precision)
+    classifiers = []
+    for name in dict.fromkeys(models):
+        download_notice(name, args.weights)
+        classifiers.append(Classifier(name, args.weights, backend=args.backend, precision=args.precision,
+                                      calibration=args.calibration, batch_size=args.max_batch_size,
+                                      max_pixels=args.max_pixels, log=notice))
+    options = ServeOptions(host=args.host, http_port=args.http_port,
+                           grpc_port=None if args.no_grpc else args.grpc_port,
+                           max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
+                           max_queue_size=args.max_queue_size, request_timeout_ms=args.request_timeout_ms,
+                           max_request_bytes=args.max_request_bytes, token=token, cors_origins=args.cors_origin,
+                           drain_timeout=args.drain_timeout, decode_workers=args.decode_workers)
+    return serve(classifiers, options)

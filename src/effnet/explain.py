@@ -1,0 +1,178 @@
+"""Grad-CAM (Selvaraju et al. 2017) on the torch model: which part of the photo drove a class's logit.
+
+The map is taken on the last feature map (``act2``, the head activation before global pooling), with the
+class logit (pre-softmax) as the score, then mapped back from the centre crop the network saw into the
+photo's own pixel grid, zero outside the crop. The backbone runs without autograd: the gradient of the
+logit with respect to that feature map only depends on the head, so only the head is differentiated.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from PIL import Image
+
+from .errors import EffnetError
+from .labels import imagenet_labels
+from .model import EfficientNet
+from .preprocessing import PreprocessConfig, center_crop, crop_geometry, normalize
+
+# How strongly the colour map covers the photo inside the crop (outside, the photo is left as it is).
+OVERLAY_ALPHA = 0.5
+
+
+@dataclass(frozen=True)
+class Explanation:
+    """One class's Grad-CAM: heatmap in [0, 1] on the photo's (H, W) grid and the photo with it blended in."""
+
+    index: int
+    label: str
+    probability: float
+    heatmap: np.ndarray
+    overlay: Image.Image
+
+
+def resolve_target(target: int | str | None, labels: Sequence[str] | None = None) -> int | None:
+    """A class index from an index, a digit string or a label (case-insensitive); None stays None (top-1)."""
+    labels = imagenet_labels() if labels is None else labels
+    if target is None:
+        return None
+    if isinstance(target, str) and target.strip().isdigit():
+        target = int(target.strip())
+    if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
+        if not 0 <= target < len(labels):
+            raise EffnetError(f"class index {target} is out of range: give 0..{len(labels) - 1} or a label")
+        return int(target)
+    if not isinstance(target, str):
+        raise EffnetError(f"target must be a class index or a label, got {type(target).__name__}")
+    wanted = " ".join(target.split()).casefold()
+    hits = [i for i, name in enumerate(labels) if name.casefold() == wanted]
+    if not hits:
+        raise EffnetError(f"unknown label {target!r}: give an ImageNet label such as 'espresso', or an index")
+    if len(hits) > 1:  # ImageNet has a few, e.g. 'crane' is both a bird (134) and a machine (517)
+        raise EffnetError(f"label {target!r} names several classes ({', '.join(map(str, hits))}): give the index")
+    return hits[0]
+
+
+def gradcam(model: EfficientNet, batch: torch.Tensor, target: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Grad-CAM on the (1, 3, S, S) `batch`: the raw (h, w) map at feature resolution and the 1000 logits."""
+    features, logits = head_features(model, batch)
+    index = int(logits.argmax()) if target is None else target
+    return class_map(model, features, index), logits
+
+
+def head_features(model: EfficientNet, batch: torch.Tensor) -> tuple[torch.Tensor, np.ndarray]:
+    """The last feature map (1, C, h, w) and the 1000 logits: one forward pass serves every class's map.
+
+    Leaves the model's train/eval flags as they were, registers no hooks, and works when the caller is
+    under ``torch.inference_mode()`` or ``torch.no_grad()``.
+    """
+    modes = {m: m.training for m in model.modules()}
+    model.eval()  # BatchNorm must use its running statistics, and dropout must be off
+    try:
+        with torch.inference_mode(False), torch.no_grad():
+            features = model.forward_features(batch.clone())  # clone: `batch` may be an inference tensor
+            logits = model.forward_head(features)[0]
+    finally:
+        for module, training in modes.items():
+            module.training = training
+    return features, logits.float().cpu().numpy()
+
+
+def class_map(model: EfficientNet, features: torch.Tensor, index: int) -> np.ndarray:
+    """Grad-CAM of class `index` on `features` (from `head_features`): ReLU(sum_k alpha_k A_k)."""
+    modes = {m: m.training for m in model.modules()}
+    model.eval()
+    try:
+        with torch.inference_mode(False), torch.enable_grad():
+            features = features.detach().requires_grad_(True)
+            logit = model.forward_head(features)[0, index]
+            (grad,) = torch.autograd.grad(logit, features)  # to `features` only: no .grad on params
+        weights = grad[0].mean((1, 2))  # alpha_k: spatial mean of d(logit)/d(A_k)
+        cam = torch.relu(torch.einsum("k,khw->hw", weights, features.detach()[0]))
+    finally:
+        for module, training in modes.items():
+            module.training = training
+    return cam.float().cpu().numpy()
+
+
+def explain(model: EfficientNet, config: PreprocessConfig, image: Image.Image, target: int | str | None = None,
+            labels: Sequence[str] | None = None) -> Explanation:
+    """Grad-CAM of `target` (index or label; None for the top-1 class) on an upright RGB photo."""
+    labels = imagenet_labels() if labels is None else labels
+    index = resolve_target(target, labels)
+    (explanation,) = explain_classes(model, config, image, [index] if index is not None else 1, labels)
+    return explanation
+
+
+def explain_classes(model: EfficientNet, config: PreprocessConfig, image: Image.Image,
+                    targets: Sequence[int] | int, labels: Sequence[str] | None = None) -> list[Explanation]:
+    """One Explanation per class index in `targets`, or for the top `targets` classes when it is an int;
+    the network's body runs once for all of them."""
+    labels = imagenet_labels() if labels is None else labels
+    image = image if image.mode == "RGB" else image.convert("RGB")
+    crop = normalize(center_crop(image, config), config)[np.newaxis]
+    param = next(model.parameters())
+    with torch.inference_mode(False):
+        batch = torch.from_numpy(crop).to(device=param.device, dtype=param.dtype)
+    features, logits = head_features(model, batch)
+    shifted = np.exp(logits.astype(np.float64) - logits.max())
+    probabilities = shifted / shifted.sum()
+    if isinstance(targets, int):
+        targets = np.argsort(-logits, kind="stable")[:max(1, min(targets, len(logits)))].tolist()
+    out = []
+    for index in targets:
+        heatmap, inside = to_photo(class_map(model, features, index), image.width, image.height, config)
+        peak = float(heatmap.max())
+        heatmap = heatmap / peak if peak > 0 else np.zeros_like(heatmap)
+        out.append(Explanation(index=index, label=labels[index], probability=float(probabilities[index]),
+                               heatmap=heatmap, overlay=overlay(image, heatmap, inside)))
+    return out
+
+
+def to_photo(cam: np.ndarray, width: int, height: int, config: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Map a feature-resolution map back to the photo: float32 (H, W), zero outside the crop, and that mask.
+
+    Each photo pixel centre goes photo -> resized image -> crop (the checker's offsets) -> feature grid
+    and is read there bilinearly, which is the crop-size bilinear upsample sampled at that point. Being
+    separable, it is two small matrix products, cheap even for large photos.
+    """
+    resized_w, resized_h, top, left = crop_geometry(width, height, config)
+    size = config.input_size
+    rows, row_in = _axis_weights(height, resized_h, top, size, cam.shape[0])
+    cols, col_in = _axis_weights(width, resized_w, left, size, cam.shape[1])
+    heatmap = (rows @ cam.astype(np.float64) @ cols.T).astype(np.float32)
+    return np.clip(heatmap, 0.0, None), row_in[:, None] & col_in[None, :]
+
+
+def _axis_weights(length: int, resized: int, offset: int, crop: int, cells: int) -> tuple[np.ndarray, np.ndarray]:
+    # Pixel-centre convention (as Pillow's resize and align_corners=False): photo pixel i covers
+    # resized coordinate (i + 0.5) * resized / length; in the crop that is minus the offset.
+    at = (np.arange(length) + 0.5) * (resized / length) - offset
+    inside = (at >= 0) & (at < crop)
+    cell = np.clip(at * (cells / crop) - 0.5, 0, cells - 1)  # in feature cells, clamped at the border
+    low = np.floor(cell).astype(np.int64)
+    high = np.minimum(low + 1, cells - 1)
+    frac = cell - low
+    weights = np.zeros((length, cells))
+    np.add.at(weights, (np.arange(length), low), 1 - frac)
+    np.add.at(weights, (np.arange(length), high), frac)
+    weights[~inside] = 0
+    return weights, inside
+
+
+def colormap(values: np.ndarray) -> np.ndarray:
+    """Jet-like colours for values in [0, 1]: uint8 (..., 3), blue (cold) -> cyan -> yellow -> red (hot)."""
+    x = np.clip(values, 0.0, 1.0)[..., None]
+    centres = np.array([0.75, 0.5, 0.25])  # where red, green and blue each peak
+    return (np.clip(1.5 - np.abs(4 * x - 4 * centres), 0, 1) * 255 + 0.5).astype(np.uint8)
+
+
+def overlay(image: Image.Image, heatmap: np.ndarray, inside: np.ndarray | None = None) -> Image.Image:
+    """The photo with the heatmap's colours blended in; left untouched outside the crop (`inside` False)."""
+    photo = np.asarray(image.convert("RGB"), dtype=np.float32)
+    alpha = np.full(heatmap.shape, OVERLAY_ALPHA, np.float32) if inside is None else inside * OVERLAY_ALPHA
+    blended = photo * (1 - alpha[..., None]) + colormap(heatmap) * alpha[..., None]
+    return Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8), "RGB")

@@ -1,0 +1,227 @@
+"""The gRPC side: `inference.GRPCInferenceService` (the Open Inference Protocol's service name, which clients
+call) implemented with grpc.aio over effnet's own message classes (package effnet.oip, proto/effnet_oip.proto),
+so that tritonclient's or kserve's generated `inference` package can be imported in the same process.
+
+Outputs go in raw_output_contents when the request used raw_input_contents (tritonclient reads only those).
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+from typing import Any
+
+import grpc
+import numpy as np
+
+from .codec import (InferInput, InferRequest, ProtocolError, check_outputs, check_shape, requested_output,
+                    unpack_bytes)
+from .http import ServerState
+from .model import INPUT, OUTPUT, VERSION, ServedModel
+from .proto import effnet_oip_pb2 as pb
+from .scheduler import DeadlineExceeded, Draining, EngineFailed, Overloaded
+
+SERVICE = "inference.GRPCInferenceService"
+OPEN_METHODS = {"ServerLive", "ServerReady", "ModelReady"}  # health: no token
+
+
+def _param_value(p: pb.InferParameter) -> Any:
+    kind = p.WhichOneof("parameter_choice")
+    return None if kind is None else getattr(p, kind)
+
+
+def _params(m) -> dict[str, Any]:
+    if len(m) > 64:
+        raise ProtocolError("more than 64 parameters")
+    return {k: _param_value(v) for k, v in m.items()}
+
+
+def _status(exc: BaseException) -> grpc.StatusCode:
+    if isinstance(exc, ProtocolError):
+        return getattr(grpc.StatusCode, exc.grpc)
+    if isinstance(exc, (Overloaded, Draining)):
+        return grpc.StatusCode.UNAVAILABLE
+    if isinstance(exc, DeadlineExceeded):
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    return grpc.StatusCode.INTERNAL
+
+
+def parse_grpc_request(req: pb.ModelInferRequest, limit: int) -> InferRequest:
+    raw = len(req.raw_input_contents) > 0
+    if raw and len(req.raw_input_contents) != len(req.inputs):
+        raise ProtocolError(f"{len(req.raw_input_contents)} raw_input_contents for {len(req.inputs)} inputs")
+    if len(req.inputs) > 16:
+        raise ProtocolError(f"{len(req.inputs)} inputs; the model has one")
+    inputs = []
+    for i, t in enumerate(req.inputs):
+        shape = check_shape(list(t.shape), f"input {t.name!r}", limit)
+        count = math.prod(shape)
+        if t.datatype not in ("FP32", "BYTES"):
+            raise ProtocolError(f"input {t.name!r}: datatype {t.datatype} is not served; send FP32 or BYTES")
+        if raw:
+            chunk = memoryview(req.raw_input_contents[i])
+            if t.datatype == "BYTES":
+                data: Any = unpack_bytes(chunk, count, t.name)
+            else:
+                if len(chunk) != 4 * count:
+                    raise ProtocolError(f"input {t.name!r}: {len(chunk)} bytes for shape {shape} "
+                                        f"(FP32 needs {4 * count})")
+                data = np.frombuffer(chunk, "<f4").reshape(shape)
+        elif t.datatype == "BYTES":
+            data = list(t.contents.bytes_contents)
+            if len(data) != count:
+                raise ProtocolError(f"input {t.name!r}: {len(data)} bytes_contents for shape {shape}")
+        else:
+            values = t.contents.fp32_contents
+            if len(values) != count:
+                raise ProtocolError(f"input {t.name!r}: {len(values)} fp32_contents for shape {shape}")
+            data = np.asarray(values, np.float32).reshape(shape)
+        inputs.append(InferInput(t.name, t.datatype, shape, data, _params(t.parameters)))
+    outputs = None
+    if len(req.outputs):
+        outputs = [requested_output(o.name, None, _params(o.parameters).get("classification"))
+                   for o in list(req.outputs)[:65]]
+        check_outputs(outputs, len(req.outputs))
+    params = _params(req.parameters)
+    return InferRequest(req.id or None, inputs, outputs, params, raw=raw)
+
+
+def infer_response(m: ServedModel, request: InferRequest, outputs) -> pb.ModelInferResponse:
+    resp = pb.ModelInferResponse(model_name=m.name, model_version=VERSION, id=request.id or "")
+    for t in outputs:
+        out = resp.outputs.add(name=t.name, datatype=t.datatype, shape=t.shape)
+        if request.raw:
+            resp.raw_output_contents.append(t.raw())
+        elif t.array is not None:
+            out.contents.fp32_contents.extend(t.array.reshape(-1).tolist())
+        else:
+            out.contents.bytes_contents.extend(t.strings or [])
+    return resp
+
+
+class InferenceService:
+    def __init__(self, state: ServerState) -> None:
+        self.state = state
+
+    async def _guard(self, method: str, context: grpc.aio.ServicerContext) -> None:
+        if self.state.token is None or method in OPEN_METHODS:
+            return
+        auth = dict(context.invocation_metadata() or ()).get("authorization")
+        if not self.state.authorized(auth):
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or wrong token: send metadata "
+                                                                 "'authorization: Bearer <token>'")
+
+    def _model(self, name: str, version: str) -> ServedModel:
+        return self.state.model(name, version)
+
+    async def ServerLive(self, request, context):
+        return pb.ServerLiveResponse(live=True)
+
+    async def ServerReady(self, request, context):
+        return pb.ServerReadyResponse(ready=self.state.ready)
+
+    async def ModelReady(self, request, context):
+        ready = self.state.ready and request.name in self.state.models and request.version in ("", VERSION)
+        return pb.ModelReadyResponse(ready=ready)
+
+    async def ServerMetadata(self, request, context):
+        await self._guard("ServerMetadata", context)
+        md = self.state.server_metadata()
+        return pb.ServerMetadataResponse(name=md["name"], version=md["version"], extensions=md["extensions"])
+
+    async def ModelMetadata(self, request, context):
+        await self._guard("ModelMetadata", context)
+        m = await self._call(context, self._model, request.name, request.version)
+        md = m.metadata()
+        resp = pb.ModelMetadataResponse(name=md["name"], versions=md["versions"], platform=md["platform"])
+        for t in md["inputs"]:
+            resp.inputs.add(name=t["name"], datatype=t["datatype"], shape=t["shape"])
+        for t in md["outputs"]:
+            resp.outputs.add(name=t["name"], datatype=t["datatype"], shape=t["shape"])
+        return resp
+
+    async def ModelConfig(self, request, context):
+        await self._guard("ModelConfig", context)
+        m = await self._call(context, self._model, request.name, request.version)
+        c = m.config()
+        db = c["dynamic_batching"]
+        qp = db["default_queue_policy"]
+        config = pb.ModelConfig(
+            name=c["name"], platform=c["platform"], backend=c["backend"], max_batch_size=c["max_batch_size"],
+            input=[pb.ModelInput(name=INPUT, data_type=pb.TYPE_FP32, format=pb.ModelInput.FORMAT_NCHW,
+                                 dims=c["input"][0]["dims"])],
+            output=[pb.ModelOutput(name=OUTPUT, data_type=pb.TYPE_FP32, dims=[1000])],
+            dynamic_batching=pb.ModelDynamicBatching(
+                preferred_batch_size=db["preferred_batch_size"],
+                max_queue_delay_microseconds=db["max_queue_delay_microseconds"],
+                default_queue_policy=pb.ModelQueuePolicy(
+                    default_timeout_microseconds=qp["default_timeout_microseconds"],
+                    allow_timeout_override=True, max_queue_size=qp["max_queue_size"])))
+        return pb.ModelConfigResponse(config=config)
+
+    async def ModelStatistics(self, request, context):
+        await self._guard("ModelStatistics", context)
+        if request.name:
+            models = [await self._call(context, self._model, request.name, request.version)]
+        else:
+            models = list(self.state.models.values())
+        resp = pb.ModelStatisticsResponse()
+        for m in models:
+            s = m.statistics()
+            stats = resp.model_stats.add(name=s["name"], version=s["version"], last_inference=s["last_inference"],
+                                         inference_count=s["inference_count"], execution_count=s["execution_count"])
+            for key, value in s["inference_stats"].items():
+                getattr(stats.inference_stats, key).CopyFrom(pb.StatisticDuration(**value))
+            for b in s["batch_stats"]:
+                stats.batch_stats.add(batch_size=b["batch_size"],
+                                      compute_infer=pb.StatisticDuration(**b["compute_infer"]))
+        return resp
+
+    async def ModelInfer(self, request, context):
+        await self._guard("ModelInfer", context)
+        m = await self._call(context, self._model, request.model_name, request.model_version)
+        try:
+            parsed = parse_grpc_request(request, self.state.max_request_bytes)
+            deadline = m.deadline(parsed.timeout_us(), context.time_remaining())
+        except ProtocolError as exc:
+            m.failed(exc)
+            await context.abort(_status(exc), str(exc))
+        # A client that cancels (or whose deadline passes) cancels this coroutine: the job is dropped.
+        outputs = await self._call(context, m.infer, parsed, deadline)
+        return infer_response(m, parsed, outputs)
+
+    async def _call(self, context, fn, *args):
+        try:
+            result = fn(*args)
+            return await result if asyncio.iscoroutine(result) else result
+        except (ProtocolError, Overloaded, Draining, DeadlineExceeded, EngineFailed) as exc:
+            await context.abort(_status(exc), str(exc))
+
+
+_METHODS = {
+    "ServerLive": (pb.ServerLiveRequest, pb.ServerLiveResponse),
+    "ServerReady": (pb.ServerReadyRequest, pb.ServerReadyResponse),
+    "ModelReady": (pb.ModelReadyRequest, pb.ModelReadyResponse),
+    "ServerMetadata": (pb.ServerMetadataRequest, pb.ServerMetadataResponse),
+    "ModelMetadata": (pb.ModelMetadataRequest, pb.ModelMetadataResponse),
+    "ModelInfer": (pb.ModelInferRequest, pb.ModelInferResponse),
+    "ModelConfig": (pb.ModelConfigRequest, pb.ModelConfigResponse),
+    "ModelStatistics": (pb.ModelStatisticsRequest, pb.ModelStatisticsResponse),
+}
+
+
+def create_server(state: ServerState, host: str, port: int, max_message_bytes: int) -> tuple[grpc.aio.Server, int]:
+    """A grpc.aio server with the service registered under its standard name; returns (server, bound port)."""
+    size = max(max_message_bytes + (1 << 20), 4 << 20)
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", size),
+                                      ("grpc.max_send_message_length", size),
+                                      ("grpc.so_reuseport", 0)])
+    service = InferenceService(state)
+    handlers = {name: grpc.unary_unary_rpc_method_handler(getattr(service, name),
+                                                          request_deserializer=req.FromString,
+                                                          response_serializer=resp.SerializeToString)
+                for name, (req, resp) in _METHODS.items()}
+    server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
+    bound = server.add_insecure_port(f"{host}:{port}" if ":" not in host else f"[{host}]:{port}")
+    if bound == 0:
+        raise OSError(f"cannot listen for gRPC on {host}:{port}")
+    return server, bound

@@ -1,0 +1,233 @@
+"""One scheduler per model: a bounded queue, dynamic batching into the engine, deadlines, drain.
+
+Requests arrive as uint8 crops (already decoded, in threads, by the caller). The batcher takes the oldest
+request, waits up to `max_queue_delay` for more until `max_batch_size` images are gathered, drops what
+expired or was abandoned while waiting, and runs the engine in its own thread, so the event loop stays
+free: health answers, new requests are admitted or refused, and deadlines fire on time while a batch runs.
+A request's caller waits on its own future with its own deadline; an answer computed too late is dropped.
+"""
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..backends.base import Backend, predictions
+
+
+class Overloaded(Exception):
+    """The queue is full (HTTP 503 with Retry-After, gRPC UNAVAILABLE)."""
+
+
+class Draining(Exception):
+    """The server is shutting down and accepts no new work (HTTP 503, gRPC UNAVAILABLE)."""
+
+
+class DeadlineExceeded(Exception):
+    """The request's deadline passed before its answer (HTTP 504, gRPC DEADLINE_EXCEEDED)."""
+
+
+class EngineFailed(Exception):
+    """The engine raised; the message says what (HTTP 500, gRPC INTERNAL)."""
+
+
+@dataclass
+class Stats:
+    """Triton's statistics, in nanoseconds, shared by /v2/models/{m}/stats, gRPC and /metrics."""
+
+    success_count: int = 0
+    success_ns: int = 0
+    fail: dict[str, int] = field(default_factory=lambda: {"REJECTED": 0, "CANCELED": 0, "BACKEND": 0, "OTHER": 0})
+    fail_ns: int = 0
+    queue_count: int = 0
+    queue_ns: int = 0
+    compute_input_ns: int = 0
+    compute_infer_ns: int = 0
+    compute_output_ns: int = 0
+    inference_count: int = 0   # images
+    execution_count: int = 0   # engine calls (batches)
+    last_inference_ms: int = 0
+    batch_sizes: dict[int, list[int]] = field(default_factory=dict)  # size -> [count, infer ns]
+
+    def failed(self, reason: str, ns: int) -> None:
+        self.fail[reason] = self.fail.get(reason, 0) + 1
+        self.fail_ns += ns
+
+
+@dataclass(eq=False)
+class Job:
+    crops: np.ndarray
+    deadline: float | None  # time.monotonic()
+    future: asyncio.Future
+    gone: Callable[[], bool]
+    enqueued_ns: int = field(default_factory=time.perf_counter_ns)
+
+    def abandoned(self, now: float) -> bool:
+        return self.future.done() or self.gone() or (self.deadline is not None and now >= self.deadline)
+
+
+class Scheduler:
+    def __init__(self, backend: Backend, *, max_batch_size: int = 8, max_queue_delay_ms: float = 2.0,
+                 max_queue_size: int = 64) -> None:
+        self.backend = backend
+        self.max_batch_size = max(1, max_batch_size)
+        self.max_queue_delay = max(0.0, max_queue_delay_ms) / 1000
+        self.max_queue_size = max(1, max_queue_size)
+        self.stats = Stats()
+        self.pending = 0      # admitted, not yet answered (decoding, queued or in the engine)
+        self.queue: deque[Job] = deque()
+        self.accepting = True
+        self._wake: asyncio.Event | None = None
+        self._idle: asyncio.Event | None = None
+        self._task: asyncio.Task | None = None
+        self._engine = ThreadPoolExecutor(1, thread_name_prefix="effnet-engine")
+
+    # ---- lifecycle ----
+    async def start(self) -> None:
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+        self._task = asyncio.create_task(self._run(), name="effnet-batcher")
+
+    async def drain(self, timeout: float) -> bool:
+        """Stop admitting; wait until everything admitted is answered (True) or `timeout` passes."""
+        self.accepting = False
+        assert self._idle is not None
+        try:
+            await asyncio.wait_for(self._idle.wait(), timeout)
+            return True
+        except asyncio.TimeoutError:
+            return False
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+        self._engine.shutdown(wait=False, cancel_futures=True)
+
+    # ---- admission ----
+    def admit(self) -> None:
+        """Reserve a queue place before the (costly) decode; raises Overloaded or Draining."""
+        if not self.accepting:
+            raise Draining("the server is shutting down")
+        if self.pending >= self.max_queue_size:
+            raise Overloaded(f"the queue is full ({self.max_queue_size} requests); retry shortly")
+        self.pending += 1
+        assert self._idle is not None
+        self._idle.clear()
+
+    def release(self) -> None:
+        """Give back an admitted place (after the answer, or when the request ends without one)."""
+        self.pending -= 1
+        if self.pending <= 0:
+            self.pending = 0
+            assert self._idle is not None
+            self._idle.set()
+
+    async def run(self, crops: np.ndarray, deadline: float | None, gone: Callable[[], bool] = lambda: False
+                  ) -> np.ndarray:
+        """Probabilities for `crops` (N, S, S, 3) uint8, batched with other requests. The caller has
+        admitted the request; the place is released here."""
+        loop = asyncio.get_running_loop()
+        job = Job(crops, deadline, loop.create_future(), gone)
+        try:
+            self.queue.append(job)
+            assert self._wake is not None
+            self._wake.set()
+            timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                return await asyncio.wait_for(asyncio.shield(job.future), timeout)
+            except asyncio.TimeoutError:
+                raise DeadlineExceeded("the request's deadline passed before its answer") from None
+        finally:
+            if not job.future.done():
+                job.future.cancel()  # the batcher skips it if still queued
+            self.release()
+
+    # ---- the batcher ----
+    async def _run(self) -> None:
+        assert self._wake is not None
+        loop = asyncio.get_running_loop()
+        while True:
+            while not self.queue:
+                self._wake.clear()
+                await self._wake.wait()
+            batch = await self._gather(loop)
+            if not batch:
+                continue
+            crops = batch[0].crops if len(batch) == 1 else np.concatenate([j.crops for j in batch])
+            now_ns = time.perf_counter_ns()
+            for j in batch:
+                self.stats.queue_count += 1
+                self.stats.queue_ns += now_ns - j.enqueued_ns
+            try:
+                probs, infer_ns = await loop.run_in_executor(self._engine, self._infer, crops)
+            except Exception as exc:  # noqa: BLE001 - reported to each caller, the server goes on
+                for j in batch:
+                    if not j.future.done():
+                        j.future.set_exception(EngineFailed(f"the engine failed: {exc}"))
+                continue
+            self._account(len(crops), infer_ns)
+            start = 0
+            for j in batch:
+                n = len(j.crops)
+                if not j.future.done():
+                    j.future.set_result(probs[start:start + n])
+                start += n
+
+    def _infer(self, crops: np.ndarray) -> tuple[np.ndarray, int]:
+        t0 = time.perf_counter_ns()
+        probs = next(iter(predictions(self.backend, iter([crops]))))
+        return np.asarray(probs, dtype=np.float32), time.perf_counter_ns() - t0
+
+    def _account(self, images: int, infer_ns: int) -> None:
+        s = self.stats
+        s.inference_count += images
+        s.execution_count += 1
+        s.compute_infer_ns += infer_ns
+        s.last_inference_ms = int(time.time() * 1000)
+        entry = s.batch_sizes.setdefault(images, [0, 0])
+        entry[0] += 1
+        entry[1] += infer_ns
+
+    async def _gather(self, loop: asyncio.AbstractEventLoop) -> list[Job]:
+        """The oldest live job, plus whatever arrives within max_queue_delay, up to max_batch_size images."""
+        batch: list[Job] = []
+        images = 0
+        first_at = None
+        while True:
+            now = time.monotonic()
+            while self.queue:
+                job = self.queue[0]
+                if job.abandoned(now):  # expired, client gone, or already answered (cancelled)
+                    self.queue.popleft()
+                    if not job.future.done():
+                        job.future.cancel()
+                    continue
+                if batch and images + len(job.crops) > self.max_batch_size:
+                    return batch
+                self.queue.popleft()
+                batch.append(job)
+                images += len(job.crops)
+                if first_at is None:
+                    first_at = now
+                if images >= self.max_batch_size:
+                    return batch
+            if not batch:
+                return batch
+            remaining = first_at + self.max_queue_delay - time.monotonic()
+            if remaining <= 0:
+                return batch
+            self._wake.clear()
+            try:
+                await asyncio.wait_for(self._wake.wait(), remaining)
+            except asyncio.TimeoutError:
+                pass

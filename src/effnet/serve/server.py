@@ -1,0 +1,175 @@
+"""Run HTTP (uvicorn) and gRPC (grpc.aio) in one event loop over the same schedulers; drain on SIGTERM.
+
+SIGTERM or SIGINT: readiness turns false at once, new inference is refused with 503 / UNAVAILABLE, what
+was accepted is finished (up to `drain_timeout` seconds), then both servers stop and `serve` returns 0.
+"""
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import signal
+import socket
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import orjson
+
+from ..classifier import Classifier
+from .http import ServerState, create_app
+from .model import ServedModel
+
+
+@dataclass
+class ServeOptions:
+    host: str = "127.0.0.1"
+    http_port: int = 8000
+    grpc_port: int | None = 8001          # None: no gRPC
+    max_batch_size: int = 8
+    max_queue_delay_ms: float = 2.0
+    max_queue_size: int = 64
+    request_timeout_ms: float | None = None
+    max_request_bytes: int = 64 << 20
+    token: str | None = None
+    cors_origins: list[str] = field(default_factory=list)
+    drain_timeout: float = 30.0
+    decode_workers: int = 2
+
+
+class Server:
+    """An embeddable server: `await Server(classifiers, options).run()` (or `serve(...)` from sync code)."""
+
+    def __init__(self, classifiers: Sequence[Classifier], options: ServeOptions,
+                 log: Callable[[str], None] = lambda line: print(line, flush=True)) -> None:
+        self.options = options
+        self.log = log
+        self.models = [ServedModel(c, max_batch_size=options.max_batch_size,
+                                   max_queue_delay_ms=options.max_queue_delay_ms,
+                                   max_queue_size=options.max_queue_size,
+                                   request_timeout_ms=options.request_timeout_ms,
+                                   decode_workers=options.decode_workers) for c in classifiers]
+        self.state = ServerState(self.models, max_request_bytes=options.max_request_bytes, token=options.token)
+        self.app = create_app(self.state, cors_origins=options.cors_origins)
+        self.http_port: int | None = None
+        self.grpc_port: int | None = None
+        self._stop: asyncio.Event | None = None
+
+    async def run(self, install_signals: bool = True) -> int:
+        import uvicorn
+
+        opts = self.options
+        self._stop = asyncio.Event()
+        for m in self.models:
+            await m.scheduler.start()
+        family = socket.AF_INET6 if ":" in opts.host else socket.AF_INET
+        # IPPROTO_TCP explicitly: asyncio turns Nagle off (TCP_NODELAY) only on sockets whose proto says TCP;
+        # with proto 0 every response whose headers and body are written apart waits ~40 ms for an ACK.
+        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind((opts.host, opts.http_port))
+        sock.listen(1024)
+        sock.setblocking(False)
+        self.http_port = sock.getsockname()[1]
+        config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off",
+                                timeout_graceful_shutdown=max(1.0, opts.drain_timeout), server_header=False,
+                                h11_max_incomplete_event_size=64 * 1024, http=_json_error_protocol())
+        http_server = _QuietServer(config)
+        grpc_server = None
+        if opts.grpc_port is not None:
+            from .grpc_service import create_server
+
+            grpc_server, self.grpc_port = create_server(self.state, opts.host, opts.grpc_port, opts.max_request_bytes)
+            await grpc_server.start()
+        http_task = asyncio.create_task(http_server.serve(sockets=[sock]))
+        while not http_server.started and not http_task.done():
+            await asyncio.sleep(0.01)
+        if http_task.done():
+            await http_task
+            return 1
+        loop = asyncio.get_running_loop()
+        if install_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.add_signal_handler(sig, self.stop)
+        host = f"[{opts.host}]" if ":" in opts.host else opts.host
+        for m in self.models:
+            self.log(f"effnet serve: {m.name} on {m.classifier.backend.name} ({m.classifier.backend.precision}), "
+                     f"batches up to {m.max_batch_size}, queue {m.scheduler.max_queue_size}")
+        self.log(f"effnet serve: HTTP on http://{host}:{self.http_port} (page at /, API at /docs)")
+        if self.grpc_port is not None:
+            self.log(f"effnet serve: gRPC on {host}:{self.grpc_port}")
+        self.state.ready = True
+        self.log("effnet serve: ready")
+        stop_wait = asyncio.create_task(self._stop.wait())
+        await asyncio.wait({stop_wait, http_task}, return_when=asyncio.FIRST_COMPLETED)
+        # Drain: readiness is already off (stop()); finish what was accepted, then close the doors.
+        self.state.ready = False
+        drained = all(await asyncio.gather(*(m.scheduler.drain(opts.drain_timeout) for m in self.models)))
+        if not drained:
+            self.log(f"effnet serve: drain timeout ({opts.drain_timeout:g} s) passed with requests unanswered")
+        http_server.should_exit = True
+        if grpc_server is not None:
+            await grpc_server.stop(grace=1.0)
+        with contextlib.suppress(asyncio.CancelledError):
+            await http_task
+        stop_wait.cancel()
+        for m in self.models:
+            await m.close()
+        if install_signals:
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                loop.remove_signal_handler(sig)
+        self.log("effnet serve: stopped")
+        return 0
+
+    def stop(self) -> None:
+        """Begin the drain (what SIGTERM does): not ready from now on, no new work."""
+        self.state.ready = False
+        for m in self.models:
+            m.scheduler.accepting = False
+        if self._stop is not None:
+            self._stop.set()
+
+
+def _quiet_server_class():
+    import uvicorn
+
+    class QuietServer(uvicorn.Server):
+        """uvicorn without its own signal handling: effnet's drain owns SIGTERM and exits 0."""
+
+        @contextlib.contextmanager
+        def capture_signals(self):
+            yield
+
+    return QuietServer
+
+
+def _json_error_protocol():
+    """uvicorn's h11 protocol, answering requests it cannot parse (bad Content-Length, oversized headers)
+    with JSON {"error"} like every other non-200, instead of text/plain."""
+    import h11
+    from uvicorn.protocols.http.h11_impl import H11Protocol
+
+    class JsonErrorH11Protocol(H11Protocol):
+        def send_400_response(self, msg: str) -> None:
+            body = orjson.dumps({"error": f"bad HTTP request: {msg}"})
+            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
+                       (b"connection", b"close")]
+            self.transport.write(self.conn.send(h11.Response(status_code=400, headers=headers, reason=b"Bad Request")))
+            self.transport.write(self.conn.send(h11.Data(data=body)))
+            self.transport.write(self.conn.send(h11.EndOfMessage()))
+            self.transport.close()
+
+    return JsonErrorH11Protocol
+
+
+def _QuietServer(config):  # noqa: N802 - a class factory, so that importing this module needs no uvicorn
+    return _quiet_server_class()(config)
+
+
+def serve(classifiers: Sequence[Classifier], options: ServeOptions | None = None) -> int:
+    """Serve until SIGTERM/SIGINT; returns the exit status (0 after a drain)."""
+    server = Server(classifiers, options or ServeOptions())
+    try:
+        return asyncio.run(server.run())
+    except OSError as exc:
+        print(f"effnet: error: {exc}", file=sys.stderr)
+        return 1

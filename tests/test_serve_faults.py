@@ -1,0 +1,247 @@
+"""Scheduling under faults, against a live server whose engine is a stand-in that sleeps a known time per batch
+(so the timings are exact and cost no CPU): overload -> only 200 and 503, deadlines that fire on time while a
+batch runs, clients that leave are not computed, SIGTERM drains and exits 0. Bounded in count and time."""
+from __future__ import annotations
+
+import io
+import json
+import signal
+import socket
+import threading
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("starlette")
+httpx = pytest.importorskip("httpx")
+
+from PIL import Image  # noqa: E402
+from test_serve import MODEL, RawClient, ServerProcess, metric  # noqa: E402
+
+SCRIPT = """
+import json, sys, time
+import numpy as np
+from effnet import Classifier
+from effnet.serve import ServeOptions, serve
+
+class SleepingEngine:
+    '''A stand-in engine: `delay` seconds per batch, a probability row that encodes the crop's mean.'''
+    name, precision = "sleeping", "fp32"
+    def __init__(self, delay, log):
+        self.delay, self.log = delay, log
+    def settings(self):
+        return {}
+    def predict(self, crops):
+        if self.log:
+            with open(self.log, "a") as f:
+                f.write(f"{len(crops)}\\n")
+        time.sleep(self.delay)
+        probs = np.full((len(crops), 1000), 1e-4, np.float32)
+        probs[np.arange(len(crops)), crops.reshape(len(crops), -1).mean(1).astype(int) % 1000] = 0.9
+        return probs
+
+options = json.loads(sys.argv[1])
+engine = SleepingEngine(options.pop("delay"), options.pop("log", None))
+sys.exit(serve([Classifier("efficientnet_lite0", "random", backend=engine)], ServeOptions(**options)))
+"""
+
+
+def tiny_jpeg(value: int = 100) -> bytes:
+    buf = io.BytesIO()
+    Image.fromarray(np.full((32, 32, 3), value, np.uint8)).save(buf, "JPEG")
+    return buf.getvalue()
+
+
+def start(**options) -> ServerProcess:
+    options = {"http_port": 0, "grpc_port": 0, **options}
+    return ServerProcess([json.dumps(options)], script=SCRIPT)
+
+
+def batches_started(log) -> int:
+    return len(log.read_text().splitlines()) if log.exists() else 0
+
+
+def busy_engine(server, log) -> tuple[threading.Thread, list]:
+    """Send one request and return once the engine has started on it (so the next request cannot join its batch)."""
+    n = batches_started(log)
+    first: list = []
+    thread = threading.Thread(target=lambda: first.append(
+        httpx.post(server.http + INFER, content=tiny_jpeg(), headers=RAW, timeout=30).status_code))
+    thread.start()
+    end = time.monotonic() + 10
+    while batches_started(log) == n:
+        assert time.monotonic() < end, "the engine never started"
+        time.sleep(0.005)
+    return thread, first
+
+
+RAW = {"Inference-Header-Content-Length": "0"}
+INFER = f"/v2/models/{MODEL}/infer"
+
+
+@pytest.fixture(scope="module")
+def engine_log(tmp_path_factory):
+    return tmp_path_factory.mktemp("engine") / "batches.log"
+
+
+@pytest.fixture(scope="module")
+def slow(engine_log):
+    s = start(delay=0.5, max_batch_size=2, max_queue_size=4, max_queue_delay_ms=5, log=str(engine_log))
+    yield s
+    assert s.stop() == 0
+
+
+def stats(server) -> dict:
+    return httpx.get(server.http + f"/v2/models/{MODEL}/stats", timeout=10).json()["model_stats"][0]
+
+
+def wait_idle(server, timeout: float = 10) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        if metric(httpx.get(server.http + "/metrics", timeout=10).text, "nv_inference_pending_request_count") == 0:
+            return
+        time.sleep(0.05)
+    raise AssertionError("the queue did not drain")
+
+
+def test_overload_answers_only_200_and_503_and_health_stays_fast(slow):
+    results: list = []
+    jpeg = tiny_jpeg()
+    clients = [RawClient(slow.http) for _ in range(24)]  # connected up front: the burst is the requests
+
+    def send(c):
+        try:
+            status, headers, body = c.post(INFER, jpeg, RAW)
+            results.append((status, headers.get("retry-after"), json.loads(body)))
+        except Exception as exc:  # noqa: BLE001 - recorded, asserted below
+            results.append((type(exc).__name__, None, None))
+
+    threads = [threading.Thread(target=send, args=(c,)) for c in clients]
+    health = []
+    with httpx.Client(base_url=slow.http, timeout=5) as h:
+        h.get("/v2/health/ready")
+        for t in threads:
+            t.start()
+        for _ in range(10):
+            t0 = time.perf_counter()
+            assert h.get("/v2/health/ready").status_code == 200
+            health.append(time.perf_counter() - t0)
+            time.sleep(0.05)
+    for t in threads:
+        t.join(30)
+    for c in clients:
+        c.close()
+    codes = [r[0] for r in results]
+    assert len(results) == 24 and set(codes) <= {200, 503}, codes
+    assert codes.count(503) >= 1 and codes.count(200) >= 4
+    for code, retry_after, body in results:
+        if code == 503:
+            assert retry_after and "queue is full" in body["error"]
+    assert max(health) < 0.5, f"health took {max(health):.3f} s under overload"
+    wait_idle(slow)
+    text = httpx.get(slow.http + "/metrics", timeout=10).text
+    assert metric(text, "nv_inference_request_failure", reason="REJECTED") >= codes.count(503)
+    assert httpx.post(slow.http + INFER, content=jpeg, headers=RAW, timeout=30).status_code == 200
+    # gRPC: the same queue; a full one answers UNAVAILABLE.
+    import tritonclient.grpc as tg
+
+    client = tg.InferenceServerClient(slow.grpc)
+    outcomes, done = [], threading.Semaphore(0)
+    for _ in range(12):
+        i = tg.InferInput("data", [1], "BYTES")
+        i.set_data_from_numpy(np.array([jpeg], dtype=object))
+        client.async_infer(MODEL, [i], lambda result, error: (outcomes.append(error), done.release()),
+                           client_timeout=30)
+    for _ in range(12):
+        assert done.acquire(timeout=30)
+    errors = [e for e in outcomes if e is not None]
+    assert errors and len(errors) < 12
+    assert all("UNAVAILABLE" in str(e.status()) and "queue is full" in str(e) for e in errors), errors[:2]
+    client.close()
+    wait_idle(slow)
+
+
+def test_deadline_fires_on_time_while_a_batch_runs(slow, engine_log):
+    wait_idle(slow)
+    before = stats(slow)["inference_count"]
+    busy, first = busy_engine(slow, engine_log)  # the engine is now busy for about 0.5 s
+    body = {"inputs": [{"name": "data", "datatype": "BYTES", "shape": [1],
+                        "data": [{"b64": __import__("base64").b64encode(tiny_jpeg(7)).decode()}]}],
+            "parameters": {"timeout": 150_000}}  # microseconds, Triton's schedule-policy extension
+    t0 = time.perf_counter()
+    r = httpx.post(slow.http + INFER, json=body, timeout=30)
+    elapsed = time.perf_counter() - t0
+    assert r.status_code == 504 and "deadline" in r.json()["error"]
+    assert 0.14 <= elapsed < 0.35, f"a 150 ms deadline fired after {elapsed * 1000:.0f} ms"
+    busy.join(30)
+    assert first == [200]
+    wait_idle(slow)
+    time.sleep(0.6)  # any batch that (wrongly) still held the expired request has finished by now
+    assert stats(slow)["inference_count"] - before == 1, "an expired request was computed"
+    # gRPC: the client's deadline is the request's deadline.
+    import tritonclient.grpc as tg
+
+    client = tg.InferenceServerClient(slow.grpc)
+    i = tg.InferInput("data", [1], "BYTES")
+    i.set_data_from_numpy(np.array([tiny_jpeg()], dtype=object))
+    t0 = time.perf_counter()
+    with pytest.raises(tg.InferenceServerException) as info:
+        client.infer(MODEL, [i], client_timeout=0.2)
+    assert "DEADLINE_EXCEEDED" in str(info.value.status()) or "Deadline" in str(info.value), str(info.value)
+    assert time.perf_counter() - t0 < 0.45
+    client.close()
+
+
+def test_a_client_that_leaves_is_not_computed(slow, engine_log):
+    wait_idle(slow)
+    time.sleep(0.6)
+    before = stats(slow)
+    busy, first = busy_engine(slow, engine_log)
+    host, port = slow.http.removeprefix("http://").split(":")
+    gone = socket.create_connection((host, int(port)), timeout=10)
+    data = tiny_jpeg(9)
+    gone.sendall((f"POST {INFER} HTTP/1.1\r\nHost: x\r\nInference-Header-Content-Length: 0\r\n"
+                  f"Content-Length: {len(data)}\r\n\r\n").encode() + data)
+    time.sleep(0.1)
+    gone.close()  # leaves while the engine is busy with the first request
+    busy.join(30)
+    assert first == [200]
+    wait_idle(slow)
+    time.sleep(0.6)
+    after = stats(slow)
+    assert after["inference_count"] - before["inference_count"] == 1, "a request whose client left was computed"
+    text = httpx.get(slow.http + "/metrics", timeout=10).text
+    assert metric(text, "nv_inference_request_failure", reason="CANCELED") >= 1
+
+
+def test_sigterm_drains_accepted_requests_and_exits_0():
+    s = start(delay=0.4, max_batch_size=1, max_queue_size=8, drain_timeout=10)
+    try:
+        results: list = []
+        clients = [RawClient(s.http) for _ in range(3)]
+
+        def send(c):
+            results.append(c.post(INFER, tiny_jpeg(), RAW)[0])
+
+        threads = [threading.Thread(target=send, args=(c,)) for c in clients]
+        for t in threads:
+            t.start()
+        time.sleep(0.15)  # all three accepted; one in the engine, two queued (about 1.2 s of work)
+        t0 = time.perf_counter()
+        s.signal(signal.SIGTERM)
+        time.sleep(0.05)
+        ready = httpx.get(s.http + "/v2/health/ready", timeout=5)
+        assert ready.status_code == 503 and "error" in ready.json()
+        late = httpx.post(s.http + INFER, content=tiny_jpeg(), headers=RAW, timeout=5)
+        assert late.status_code == 503 and late.json()["error"]
+        for t in threads:
+            t.join(15)
+        assert results == [200, 200, 200]
+        assert s.proc.wait(15) == 0
+        assert time.perf_counter() - t0 < 5
+        assert any("stopped" in line for line in s.lines)
+    finally:
+        for c in clients:
+            c.close()
+        s.stop()
