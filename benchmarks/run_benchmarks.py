@@ -28,17 +28,24 @@ import sys
 import time
 from pathlib import Path
 
-import effnet
-from effnet.backends.openvino_graph import engine_ir
-from effnet.machine import load_average, machine_info
-from effnet.weights import cache_dir
-from speed.agreement import measure_agreement  # speed/ beside this script: run it as a script
+from speed.agreement import (
+    measure_agreement,  # speed/ beside this script: run it as a script
+)
 from speed.configurations import CONTENDED_KEYS, build_suite
-from speed.inputs import calibrated_random_weights, calibrated_weights_file, prepare_inputs
+from speed.inputs import (
+    calibrated_random_weights,
+    calibrated_weights_file,
+    prepare_inputs,
+)
 from speed.layer_profile import conv_macs, gemm_rate, layer_profile
 from speed.report import write_results
 from speed.runner import log, run_beside_busy_process, run_rounds
 from speed.torch_reference import geffnet_model
+
+import effnet
+from effnet.backends.openvino_graph import engine_ir
+from effnet.machine import load_average, machine_info
+from effnet.weights import cache_dir
 
 HERE = Path(__file__).resolve().parent
 SKIPPABLE = ("torch", "ort", "ov_fp32", "int8", "contended", "profile", "agreement")

@@ -13,7 +13,6 @@ import argparse
 import base64
 import json
 import os
-import re
 import signal
 import site
 import socket
@@ -91,9 +90,9 @@ class EffnetAPI(ls.LitAPI):
     def encode_response(self, probs):
         return {"prob": probs.tolist()}
 
-print("effnet-peer: ready", flush=True)
-ls.LitServer(EffnetAPI(max_batch_size=cfg["batch"], batch_timeout=cfg["delay_ms"] / 1000), accelerator="cpu",
-             workers_per_device=1).run(port=cfg["port"], generate_client_file=False)
+if __name__ == "__main__":
+    ls.LitServer(EffnetAPI(max_batch_size=cfg["batch"], batch_timeout=cfg["delay_ms"] / 1000), accelerator="cpu",
+                 workers_per_device=1).run(port=cfg["port"], generate_client_file=False)
 """
 
 
@@ -109,13 +108,20 @@ def start(script: str, cfg: dict, ready_url: str) -> subprocess.Popen:
     if extra:
         env["PYTHONPATH"] = os.pathsep.join([*site.getsitepackages(), extra])
     log = open(os.path.join(os.environ.get("TMPDIR", "/tmp"), f"effnet-peer-{cfg['port']}.log"), "w")
-    proc = subprocess.Popen([sys.executable, "-c", script, json.dumps(cfg)], stdout=log, stderr=subprocess.STDOUT,
+    path = os.path.join(os.environ.get("TMPDIR", "/tmp"), f"effnet-peer-{cfg['port']}.py")
+    with open(path, "w") as f:  # a file, not -c: LitServe's spawned workers re-import __main__ by path
+        f.write(script)
+    proc = subprocess.Popen([sys.executable, path, json.dumps(cfg)], stdout=log, stderr=subprocess.STDOUT,
                             env=env, start_new_session=True)
     import httpx
 
     end = time.monotonic() + 300
     while time.monotonic() < end:
         if proc.poll() is not None:
+            try:  # its workers may outlive it
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
             raise SystemExit(f"server exited with {proc.returncode}; see {log.name}")
         try:
             if httpx.get(ready_url, timeout=2).status_code == 200:
@@ -161,6 +167,22 @@ def drive(send, clients: int, seconds: float) -> dict:
             "p99": float(np.percentile(lat, 99)) if len(lat) else float("nan")}
 
 
+def v2_json(base: str, model: str, b64: list[str]):
+    """An Open Inference Protocol request with the JPEG as a base64 BYTES element in JSON."""
+    def send(c, i: int) -> bool:
+        body = {"inputs": [{"name": "data", "datatype": "BYTES", "shape": [1], "data": [b64[i % len(b64)]]}]}
+        return c.post(f"{base}/v2/models/{model}/infer", json=body).status_code == 200
+    return send
+
+
+def raw_post(base: str, model: str, images: list[bytes]):
+    """Triton's raw binary form: the JPEG file as the body."""
+    def send(c, i: int) -> bool:
+        return c.post(f"{base}/v2/models/{model}/infer", content=images[i % len(images)],
+                      headers={"Inference-Header-Content-Length": "0"}).status_code == 200
+    return send
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="efficientnet_b7")
@@ -184,21 +206,14 @@ def main() -> int:
         base = f"http://127.0.0.1:{port}"
         if name == "effnet":
             proc = start(EFFNET, cfg, base + "/v2/health/ready")
-            senders = {
-                "effnet raw binary": lambda c, i: c.post(f"{base}/v2/models/{m}/infer", content=images[i % 64],
-                                                         headers={"Inference-Header-Content-Length": "0"}
-                                                         ).status_code == 200,
-                "effnet base64 JSON": lambda c, i: c.post(f"{base}/v2/models/{m}/infer", json={"inputs": [
-                    {"name": "data", "datatype": "BYTES", "shape": [1], "data": [b64[i % 64]]}]}).status_code == 200}
+            senders = {"effnet raw binary": raw_post(base, m, images), "effnet base64 JSON": v2_json(base, m, b64)}
         elif name == "kserve":
             proc = start(KSERVE, cfg, base + "/v2/health/ready")
-            senders = {"KServe ModelServer v2 JSON": lambda c, i: c.post(f"{base}/v2/models/{m}/infer", json={
-                "inputs": [{"name": "data", "datatype": "BYTES", "shape": [1], "data": [b64[i % 64]]}]}
-            ).status_code == 200}
+            senders = {"KServe ModelServer v2 JSON": v2_json(base, m, b64)}
         else:
             proc = start(LITSERVE, cfg, base + "/health")
-            senders = {"LitServe JSON": lambda c, i: c.post(f"{base}/predict", json={"image": b64[i % 64]}
-                                                            ).status_code == 200}
+            senders = {"LitServe JSON": lambda c, i, base=base: c.post(f"{base}/predict", json={"image": b64[i % 64]}
+                                                                        ).status_code == 200}
         try:
             for label, send in senders.items():
                 for clients in (int(c) for c in args.clients.split(",")):

@@ -12,9 +12,17 @@ import shutil
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from helpers import (
+    MODEL,
+    TOP,
+    assert_rows_equal_reference,
+    make_bad_files,
+    make_images,
+    read_dataset,
+    reference,
+)
 
 from effnet.batch import IDENTITY_FILE, IdentityMismatch, InputError, run_batch
-from helpers import MODEL, TOP, assert_rows_equal_reference, make_bad_files, make_images, read_dataset, reference
 
 
 @pytest.fixture(scope="module")

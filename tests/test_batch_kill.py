@@ -12,8 +12,15 @@ import time
 from pathlib import Path
 
 import pyarrow.parquet as pq
-
-from helpers import MODEL, TOP, assert_rows_equal_reference, make_bad_files, make_images, read_dataset, reference
+from helpers import (
+    MODEL,
+    TOP,
+    assert_rows_equal_reference,
+    make_bad_files,
+    make_images,
+    read_dataset,
+    reference,
+)
 
 SHARD = 3
 

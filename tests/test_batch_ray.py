@@ -14,12 +14,18 @@ import sys
 import tempfile
 from pathlib import Path
 
-import pytest
-
 import pyarrow.parquet as pq
+import pytest
 import ray.data  # noqa: F401  (the [ray] extra: these tests are meant to run)
-
-from helpers import MODEL, TOP, assert_rows_equal_reference, make_bad_files, make_images, read_dataset, reference
+from helpers import (
+    MODEL,
+    TOP,
+    assert_rows_equal_reference,
+    make_bad_files,
+    make_images,
+    read_dataset,
+    reference,
+)
 
 
 def _namespaces_work() -> bool:

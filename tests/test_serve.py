@@ -18,13 +18,10 @@ import threading
 import time
 from pathlib import Path
 
+import httpx
 import numpy as np
 import pytest
-
-pytest.importorskip("starlette")
-pytest.importorskip("tritonclient.http")
-httpx = pytest.importorskip("httpx")
-
+import tritonclient.http  # noqa: F401  (the [test] extra: these tests are meant to run)
 from PIL import Image  # noqa: E402
 
 MODEL = "efficientnet_lite0"

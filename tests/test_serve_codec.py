@@ -9,9 +9,17 @@ import numpy as np
 import orjson
 import pytest
 
-pytest.importorskip("orjson")
-from effnet.serve.codec import (ProtocolError, TooLarge, build_outputs, check_shape, decompress, http_response,
-                                pack_bytes, parse_http_request, unpack_bytes)
+from effnet.serve.codec import (
+    ProtocolError,
+    TooLarge,
+    build_outputs,
+    check_shape,
+    decompress,
+    http_response,
+    pack_bytes,
+    parse_http_request,
+    unpack_bytes,
+)
 
 LIMIT = 1 << 20
 

@@ -10,12 +10,9 @@ import socket
 import threading
 import time
 
+import httpx
 import numpy as np
 import pytest
-
-pytest.importorskip("starlette")
-httpx = pytest.importorskip("httpx")
-
 from PIL import Image  # noqa: E402
 from test_serve import MODEL, RawClient, ServerProcess, metric  # noqa: E402
 

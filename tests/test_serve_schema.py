@@ -5,10 +5,7 @@ The one 5xx allowed is the one the fuzzer asks for: 504 when it sets a request `
 (the schedule-policy extension), which must say that the deadline passed."""
 from __future__ import annotations
 
-import pytest
-
-schemathesis = pytest.importorskip("schemathesis")
-pytest.importorskip("starlette")
+import schemathesis
 from hypothesis import HealthCheck, given, settings  # noqa: E402
 from test_serve import server  # noqa: E402,F401 - the shared live server
 

@@ -23,7 +23,13 @@ import numpy as np
 
 from effnet import Classifier, ResolvedModel
 from effnet.backends import Backend, create_backend
-from effnet.bench import Measurement, bench_end_to_end, bench_engine, measure, percentiles
+from effnet.bench import (
+    Measurement,
+    bench_end_to_end,
+    bench_engine,
+    measure,
+    percentiles,
+)
 from effnet.engines import INPUT_NAME
 from effnet.export.cache import cached_ir, cached_onnx
 
@@ -109,9 +115,6 @@ class PlainOpenVINO:
     request after another (benchmark_app -api sync): the baseline effnet's engine is held to."""
 
     name = "openvino"
-    PROPERTIES = (("hint", "PERFORMANCE_HINT"), ("streams", "NUM_STREAMS"), ("threads", "INFERENCE_NUM_THREADS"),
-                  ("inference_precision", "INFERENCE_PRECISION_HINT"),
-                  ("infer_requests", "OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
 
     def __init__(self, xml: Path, properties: dict, x: np.ndarray) -> None:
         import openvino as ov
@@ -126,15 +129,9 @@ class PlainOpenVINO:
 
     def settings(self) -> dict:
         """What the plugin chose, under the keys effnet's OpenVINO backend reports."""
-        out: dict = {}
-        for key, prop in self.PROPERTIES:
-            value = self.compiled.get_property(prop)
-            if hasattr(value, "to_string"):  # ov.Type: 'bf16'
-                value = value.to_string()
-            elif not isinstance(value, (bool, int, float, str)):  # PerformanceMode.LATENCY -> LATENCY
-                value = str(value).rsplit(".", 1)[-1]
-            out[key] = value
-        return out
+        from effnet.backends.openvino_backend import compiled_settings
+
+        return compiled_settings(self.compiled)
 
 
 @dataclass

@@ -3,8 +3,14 @@
 from .api import create_model, list_models, preprocess, resolve
 from .arch import DEFAULT_MODEL
 from .classifier import Classifier, Outcome, Prediction
-from .errors import (EffnetError, ImageError, MissingEngineError, UnknownModelError, WeightsError,
-                     WeightsNotFoundError)
+from .errors import (
+                     EffnetError,
+                     ImageError,
+                     MissingEngineError,
+                     UnknownModelError,
+                     WeightsError,
+                     WeightsNotFoundError,
+)
 from .resolved import ResolvedModel
 
 __version__ = "0.1.0"

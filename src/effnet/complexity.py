@@ -50,7 +50,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .arch import Activation, BlockKind, NUM_CLASSES, network_spec, variant
+from .arch import NUM_CLASSES, Activation, BlockKind, network_spec, variant
 from .blocks import DepthwiseSeparable, InvertedResidual
 from .layers import SqueezeExcite
 from .model import EfficientNet, build_model

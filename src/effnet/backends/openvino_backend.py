@@ -94,16 +94,8 @@ class OpenVINOBackend:
 
     def settings(self) -> dict:
         """Hint, streams, threads, compute precision and requests as the plugin actually chose them."""
-        out: dict = {}
-        for key, prop in (("hint", "PERFORMANCE_HINT"), ("streams", "NUM_STREAMS"),
-                          ("threads", "INFERENCE_NUM_THREADS"), ("inference_precision", "INFERENCE_PRECISION_HINT"),
-                          ("infer_requests", "OPTIMAL_NUMBER_OF_INFER_REQUESTS")):
-            try:
-                out[key] = _plain(self.compiled.get_property(prop))
-            except RuntimeError:  # an older or different plugin: report what it has
-                continue
-        out["request_batch"] = self.static_batch if self.static_batch is not None else "dynamic"
-        return out
+        return {**compiled_settings(self.compiled),
+                "request_batch": self.static_batch if self.static_batch is not None else "dynamic"}
 
     def predict(self, crops: np.ndarray) -> np.ndarray:
         (probs,) = self.predict_stream([crops])
@@ -152,6 +144,20 @@ class OpenVINOBackend:
     def _collect(request, userdata: tuple[_Batch, int]) -> None:
         batch, start = userdata
         batch.collect(start, request.get_output_tensor(0).data)
+
+
+def compiled_settings(compiled) -> dict:
+    """A compiled model's hint, streams, threads, compute precision and infer requests, as the CPU plugin
+    chose them (not as asked), as plain data."""
+    out: dict = {}
+    for key, prop in (("hint", "PERFORMANCE_HINT"), ("streams", "NUM_STREAMS"), ("threads", "INFERENCE_NUM_THREADS"),
+                      ("inference_precision", "INFERENCE_PRECISION_HINT"),
+                      ("infer_requests", "OPTIMAL_NUMBER_OF_INFER_REQUESTS")):
+        try:
+            out[key] = _plain(compiled.get_property(prop))
+        except RuntimeError:  # an older or different plugin: report what it has
+            continue
+    return out
 
 
 def _plain(value):

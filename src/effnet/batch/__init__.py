@@ -2,7 +2,7 @@
 
 `run_batch` is `effnet batch` as a function. See store.py for the exactly-once scheme.
 """
-from .inputs import Inputs, InputError, collect_inputs
+from .inputs import InputError, Inputs, collect_inputs
 from .job import DEFAULT_SHARD_SIZE, ENGINES, Summary, run_batch
 from .store import IDENTITY_FILE, IdentityMismatch
 

@@ -6,8 +6,16 @@ import json
 import os
 
 from ..engines import HINTS
-from .options import (before_engine, emit, engine_options, model_option, notice, positive_float, positive_int,
-                      weights_option)
+from .options import (
+    before_engine,
+    emit,
+    engine_options,
+    model_option,
+    notice,
+    positive_float,
+    positive_int,
+    weights_option,
+)
 
 
 def add(sub: argparse._SubParsersAction) -> None:

@@ -5,8 +5,16 @@ import argparse
 import json
 
 from ..errors import EffnetError
-from .options import (Progress, before_engine, engine_options, model_option, notice, positive_int, weights_label,
-                      weights_option)
+from .options import (
+    Progress,
+    before_engine,
+    engine_options,
+    model_option,
+    notice,
+    positive_int,
+    weights_label,
+    weights_option,
+)
 
 
 def add(sub: argparse._SubParsersAction) -> None:

@@ -6,8 +6,16 @@ import json
 from pathlib import Path
 
 from ..errors import OutputError
-from .options import (comma_list, download_notice, emit, model_option, notice, positive_int, weights_option,
-                      writable_folder)
+from .options import (
+    comma_list,
+    download_notice,
+    emit,
+    model_option,
+    notice,
+    positive_int,
+    weights_option,
+    writable_folder,
+)
 
 
 def add(sub: argparse._SubParsersAction) -> None:

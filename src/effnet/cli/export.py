@@ -3,8 +3,16 @@ from __future__ import annotations
 
 import argparse
 
-from .options import (comma_list, download_notice, emit, model_option, notice, positive_int, weights_option,
-                      writable_folder)
+from .options import (
+    comma_list,
+    download_notice,
+    emit,
+    model_option,
+    notice,
+    positive_int,
+    weights_option,
+    writable_folder,
+)
 
 
 def add(sub: argparse._SubParsersAction) -> None:

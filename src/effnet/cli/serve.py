@@ -6,7 +6,14 @@ from pathlib import Path
 
 from ..arch import list_models
 from ..errors import EffnetError
-from .options import download_notice, engine_options, notice, positive_float, positive_int, weights_option
+from .options import (
+    download_notice,
+    engine_options,
+    notice,
+    positive_float,
+    positive_int,
+    weights_option,
+)
 
 
 def port(text: str) -> int:
@@ -33,7 +40,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--max-batch-size", type=positive_int, default=8, metavar="N",
                    help="images per engine call, and per request (default 8)")
     p.add_argument("--max-queue-delay-ms", type=float, default=2.0, metavar="MS",
-                   help="how long the first request of a batch waits for others (default 2)")
+                   help="how long a batch waits for requests still being decoded (default 2)")
     p.add_argument("--max-queue-size", type=positive_int, default=64, metavar="N",
                    help="requests admitted and not yet answered, per model; more are answered 503 (default 64)")
     p.add_argument("--request-timeout-ms", type=positive_float, default=None, metavar="MS",

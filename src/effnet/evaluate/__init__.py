@@ -6,8 +6,15 @@ report.py turns counts into the table, its Wilson intervals, and its Markdown an
 """
 from .report import Agreement, ConfigResult, Configuration, EvalResult, wilson_interval
 from .runner import Evaluation, build_classifier, configurations, evaluate
-from .store import (RESULTS_FILE, RUN_FILE, ResultStore, content_sha256, default_resume_dir, run_directory,
-                    run_identity)
+from .store import (
+                    RESULTS_FILE,
+                    RUN_FILE,
+                    ResultStore,
+                    content_sha256,
+                    default_resume_dir,
+                    run_directory,
+                    run_identity,
+)
 
 __all__ = ["RESULTS_FILE", "RUN_FILE", "Agreement", "ConfigResult", "Configuration", "EvalResult", "Evaluation",
            "ResultStore", "build_classifier", "configurations", "content_sha256", "default_resume_dir", "evaluate",

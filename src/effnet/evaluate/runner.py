@@ -25,8 +25,17 @@ from ..errors import ImageError
 from ..preprocessing import EncodedImage
 from ..resolved import ResolvedModel, Weights, resolve
 from .report import Agreement, ConfigResult, Configuration, EvalResult
-from .store import (RESULTS_FILE, Record, ResultStore, content_digests, content_sha256, default_resume_dir,
-                    run_folder, run_identity, write_run_file)
+from .store import (
+    RESULTS_FILE,
+    Record,
+    ResultStore,
+    content_digests,
+    content_sha256,
+    default_resume_dir,
+    run_folder,
+    run_identity,
+    write_run_file,
+)
 
 TOP = 5
 

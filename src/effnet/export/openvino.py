@@ -14,9 +14,9 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from ..engines import INPUT_NAME
+from ..optional import require
 from ..preprocessing import PreprocessConfig
 from .metadata import SECTION
-from ..optional import require
 
 if TYPE_CHECKING:
     import openvino as ov

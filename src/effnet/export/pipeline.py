@@ -18,7 +18,14 @@ from .metadata import describe
 from .onnx import export_onnx, run_onnx
 from .openvino import bgr_nchw, run_ir, save_ir
 from .quantize import DEFAULT_SUBSET, image_files, load_crops, split_holdout
-from .verify import FP32_TOLERANCE, Agreement, compare, example_crops, normalized_nchw, torch_probabilities
+from .verify import (
+    FP32_TOLERANCE,
+    Agreement,
+    compare,
+    example_crops,
+    normalized_nchw,
+    torch_probabilities,
+)
 
 FORMATS = ("onnx", "openvino")
 VERIFY_IMAGES = 8  # fp32/fp16 parity: a few images prove the graph; agreement statistics need more

@@ -13,10 +13,10 @@ from tqdm import tqdm
 
 from ..arch import Activation, NetworkSpec
 from ..errors import EffnetError, ImageError
+from ..optional import require
 from ..preprocessing import PreprocessConfig, center_crop, load_image
 from ..preprocessing import image_files as list_images
 from .openvino import bgr_nchw
-from ..optional import require
 
 if TYPE_CHECKING:
     import openvino as ov

@@ -13,8 +13,15 @@ from typing import Any
 import grpc
 import numpy as np
 
-from .codec import (InferInput, InferRequest, ProtocolError, check_outputs, check_shape, requested_output,
-                    unpack_bytes)
+from .codec import (
+    InferInput,
+    InferRequest,
+    ProtocolError,
+    check_outputs,
+    check_shape,
+    requested_output,
+    unpack_bytes,
+)
 from .http import ServerState
 from .model import INPUT, OUTPUT, VERSION, ServedModel
 from .proto import effnet_oip_pb2 as pb

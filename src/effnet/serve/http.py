@@ -22,7 +22,14 @@ from starlette.routing import Route
 
 from .. import __version__
 from . import metrics, openapi
-from .codec import HEADER_LENGTH, ProtocolError, TooLarge, decompress, http_response, parse_http_request
+from .codec import (
+    HEADER_LENGTH,
+    ProtocolError,
+    TooLarge,
+    decompress,
+    http_response,
+    parse_http_request,
+)
 from .model import INPUT, VERSION, ServedModel
 from .scheduler import DeadlineExceeded, Draining, EngineFailed, Overloaded
 

@@ -11,7 +11,7 @@ import base64
 import io
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -29,14 +29,15 @@ VERSION = "1"
 class ServedModel:
     def __init__(self, classifier: Classifier, *, max_batch_size: int = 8, max_queue_delay_ms: float = 2.0,
                  max_queue_size: int = 64, request_timeout_ms: float | None = None,
-                 decode_workers: int = 2) -> None:
+                 decode_workers: int = 2, engine: Executor | None = None) -> None:
         self.classifier = classifier
         self.name = classifier.name
         self.size = classifier.config.input_size
         self.max_batch_size = max(1, max_batch_size)
         self.request_timeout = request_timeout_ms / 1000 if request_timeout_ms else None
         self.scheduler = Scheduler(classifier.backend, max_batch_size=self.max_batch_size,
-                                   max_queue_delay_ms=max_queue_delay_ms, max_queue_size=max_queue_size)
+                                   max_queue_delay_ms=max_queue_delay_ms, max_queue_size=max_queue_size,
+                                   engine=engine)
         self.decoder = ThreadPoolExecutor(max(1, decode_workers), thread_name_prefix=f"effnet-decode-{self.name}")
         self.explainer = ThreadPoolExecutor(1, thread_name_prefix=f"effnet-explain-{self.name}")
         cfg = classifier.config
@@ -128,7 +129,11 @@ class ServedModel:
         admitted = True
         try:
             t0 = time.perf_counter_ns()
-            crops = await self._crops(tensor, deadline)
+            self.scheduler.incoming += 1
+            try:
+                crops = await self._crops(tensor, deadline)
+            finally:
+                self.scheduler.incoming -= 1
             self.scheduler.stats.compute_input_ns += time.perf_counter_ns() - t0
             admitted = False  # scheduler.run releases the place from here on
             probs = await self.scheduler.run(crops, deadline, gone)

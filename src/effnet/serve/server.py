@@ -10,7 +10,9 @@ import contextlib
 import signal
 import socket
 import sys
+import threading
 from collections.abc import Callable, Sequence
+from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
 import orjson
@@ -18,6 +20,7 @@ import orjson
 from ..classifier import Classifier
 from .http import ServerState, create_app
 from .model import ServedModel
+from .scheduler import MainThreadExecutor
 
 
 @dataclass
@@ -40,25 +43,32 @@ class Server:
     """An embeddable server: `await Server(classifiers, options).run()` (or `serve(...)` from sync code)."""
 
     def __init__(self, classifiers: Sequence[Classifier], options: ServeOptions,
-                 log: Callable[[str], None] = lambda line: print(line, flush=True)) -> None:
+                 log: Callable[[str], None] = lambda line: print(line, flush=True),
+                 engine: Executor | None = None) -> None:
+        """`engine`: where the engines run (default: one thread per model; `serve` uses the main thread)."""
         self.options = options
         self.log = log
         self.models = [ServedModel(c, max_batch_size=options.max_batch_size,
                                    max_queue_delay_ms=options.max_queue_delay_ms,
                                    max_queue_size=options.max_queue_size,
                                    request_timeout_ms=options.request_timeout_ms,
-                                   decode_workers=options.decode_workers) for c in classifiers]
+                                   decode_workers=options.decode_workers, engine=engine) for c in classifiers]
         self.state = ServerState(self.models, max_request_bytes=options.max_request_bytes, token=options.token)
         self.app = create_app(self.state, cors_origins=options.cors_origins)
         self.http_port: int | None = None
         self.grpc_port: int | None = None
         self._stop: asyncio.Event | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self.wakeup: socket.socket | None = None  # signal.set_wakeup_fd's other end (set by `serve`)
 
     async def run(self, install_signals: bool = True) -> int:
         import uvicorn
 
         opts = self.options
         self._stop = asyncio.Event()
+        self._loop = asyncio.get_running_loop()
+        if self.wakeup is not None:  # a signal, delivered while the engine holds the main thread, lands here at once
+            self._loop.add_reader(self.wakeup.fileno(), self._on_wakeup)
         for m in self.models:
             await m.scheduler.start()
         family = socket.AF_INET6 if ":" in opts.host else socket.AF_INET
@@ -117,8 +127,23 @@ class Server:
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.remove_signal_handler(sig)
+        if self.wakeup is not None:
+            loop.remove_reader(self.wakeup.fileno())
         self.log("effnet serve: stopped")
         return 0
+
+    def _on_wakeup(self) -> None:
+        try:
+            data = self.wakeup.recv(64) if self.wakeup is not None else b""
+        except (BlockingIOError, InterruptedError):
+            return
+        if any(b in (signal.SIGTERM, signal.SIGINT) for b in data):
+            self.stop()
+
+    def stop_threadsafe(self) -> None:
+        """`stop` from another thread (a signal handler on the main thread)."""
+        if self._loop is not None and not self._loop.is_closed():
+            self._loop.call_soon_threadsafe(self.stop)
 
     def stop(self) -> None:
         """Begin the drain (what SIGTERM does): not ready from now on, no new work."""
@@ -166,10 +191,53 @@ def _QuietServer(config):  # noqa: N802 - a class factory, so that importing thi
 
 
 def serve(classifiers: Sequence[Classifier], options: ServeOptions | None = None) -> int:
-    """Serve until SIGTERM/SIGINT; returns the exit status (0 after a drain)."""
-    server = Server(classifiers, options or ServeOptions())
+    """Serve until SIGTERM/SIGINT; returns the exit status (0 after a drain).
+
+    The event loop (HTTP, gRPC, scheduling) runs in a thread; the engines run on this, the main, thread
+    (see MainThreadExecutor: PyTorch computes markedly faster there). Call it from the main thread."""
+    engine = MainThreadExecutor()
+    server = Server(classifiers, options or ServeOptions(), engine=engine)
+    outcome: dict[str, object] = {}
+
+    def loop_thread() -> None:
+        try:
+            outcome["code"] = asyncio.run(server.run(install_signals=False))
+        except BaseException as exc:  # noqa: BLE001 - reported on the main thread
+            outcome["error"] = exc
+        finally:
+            engine.shutdown()
+
+    thread = threading.Thread(target=loop_thread, name="effnet-serve-loop", daemon=True)
+    handlers = {}
+    # Python runs signal handlers on the main thread between bytecodes, which can be seconds away while an
+    # engine call holds it; the C-level handler writes the signal number to the wakeup fd at once, and the
+    # event loop's thread reads it there.
+    reader, writer = socket.socketpair()
+    reader.setblocking(False)
+    writer.setblocking(False)
+    previous_fd = None
     try:
-        return asyncio.run(server.run())
-    except OSError as exc:
-        print(f"effnet: error: {exc}", file=sys.stderr)
+        previous_fd = signal.set_wakeup_fd(writer.fileno(), warn_on_full_buffer=False)
+        server.wakeup = reader
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            handlers[sig] = signal.signal(sig, lambda signum, frame: server.stop_threadsafe())
+    except ValueError:  # not the main thread: no signal handling (the embedding program stops the server)
+        pass
+    try:
+        thread.start()
+        engine.run()
+        thread.join()
+    finally:
+        for sig, handler in handlers.items():
+            signal.signal(sig, handler)
+        if previous_fd is not None:
+            signal.set_wakeup_fd(previous_fd)
+        reader.close()
+        writer.close()
+    error = outcome.get("error")
+    if isinstance(error, OSError):
+        print(f"effnet: error: {error}", file=sys.stderr)
         return 1
+    if error is not None:
+        raise error  # type: ignore[misc]
+    return int(outcome.get("code", 1))  # type: ignore[arg-type]
