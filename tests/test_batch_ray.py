@@ -125,7 +125,8 @@ for t in {kills}; do
 done
 {cmd} >> {s}/driver.txt 2>&1; echo "final rc=$?"
 {cmd} >> {s}/driver.txt 2>&1; echo "again rc=$?"
-ray stop --force > /dev/null 2>&1
+# No `ray stop` (it stops by name): this script is pid 1 of its PID namespace, and when it exits the kernel
+# ends every Ray process of both nodes; in_namespace kills its process group should it hang.
 """
 
 
