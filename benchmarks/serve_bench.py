@@ -28,11 +28,10 @@ import time
 import numpy as np
 from PIL import Image
 
-SCRIPT = """
-import json, sys
+# A stand-in engine that answers at once (what is left is the server's own cost); the child scripts here
+# and in serve_peers.py paste this source, as they run in fresh interpreters.
+NOOP_ENGINE = """
 import numpy as np
-from effnet import Classifier
-from effnet.serve import ServeOptions, serve
 
 class NoopEngine:
     name, precision = "noop", "fp32"
@@ -40,6 +39,12 @@ class NoopEngine:
         return {}
     def predict(self, crops):
         return np.full((len(crops), 1000), 1e-3, np.float32)
+"""
+
+SCRIPT = NOOP_ENGINE + """
+import json, sys
+from effnet import Classifier
+from effnet.serve import ServeOptions, serve
 
 args = json.loads(sys.argv[1])
 classifier = Classifier(args.pop("model"), "random", backend=NoopEngine())

@@ -234,8 +234,10 @@ def test_classify_reports_what_it_skipped(capsys, folder, lite0_weights):
 
 
 def test_bench_reports_what_it_skips_in_its_images_folder(capsys, folder):
-    from effnet.cli.bench import report_skipped
+    # bench (and export) list --images with folder_images; `effnet bench` passes notice as its log.
+    from effnet.cli.options import notice
+    from effnet.preprocessing import folder_images
 
     (folder / "gone.png").symlink_to(folder / "nowhere.png")
-    report_skipped(str(folder))
+    folder_images(str(folder), "--images", log=notice)
     assert capsys.readouterr().err == f"effnet: skipped {folder / 'gone.png'}: broken symbolic link (to {folder / 'nowhere.png'})\n"

@@ -9,9 +9,14 @@ from pathlib import Path
 import numpy as np
 
 from effnet import ResolvedModel
-from effnet.bench import image_files
 from effnet.export.openvino import bgr_nchw
-from effnet.preprocessing import PreprocessConfig, center_crop, load_image, normalize
+from effnet.preprocessing import (
+    PreprocessConfig,
+    center_crop,
+    folder_images,
+    load_image,
+    normalize,
+)
 
 from .runner import log
 
@@ -35,7 +40,7 @@ class Inputs:
 
 def prepare_inputs(config: PreprocessConfig, images: str | os.PathLike[str] | None, work: Path) -> Inputs:
     """The files in `images` (default: scikit-image's photos, written under `work`) and their crops."""
-    files = image_files(images) if images else make_photos(work / "photos")
+    files = folder_images(images, "--images") if images else make_photos(work / "photos")
     crops = np.stack([center_crop(load_image(f), config) for f in files[:10]])
     return Inputs(files, crops, normalize(crops[0], config)[None], bgr_nchw(crops[:1]))
 

@@ -17,7 +17,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
 import numpy as np
@@ -27,7 +26,7 @@ from .backends.base import Backend, predictions
 from .errors import EffnetError
 from .machine import cores as machine_cores
 from .machine import load_average, machine_info
-from .preprocessing import image_files as list_images
+from .preprocessing import folder_images
 from .resolved import RANDOM, ResolvedModel, Weights, resolve
 
 if TYPE_CHECKING:
@@ -206,16 +205,6 @@ def bench_end_to_end(classifier: Classifier, files: Sequence[str | os.PathLike[s
         classifier.backend = timed.inner
 
 
-def image_files(folder: str | os.PathLike[str]) -> list[Path]:
-    """Image files under `folder` (by suffix, recursively, sorted); a file that is not there raises."""
-    if not Path(folder).is_dir():
-        raise EffnetError(f"--images {folder}: not a folder; give a folder of JPEG/PNG files")
-    files = list_images(folder)
-    if not files:
-        raise EffnetError(f"no image files (any format Pillow reads) under {folder}")
-    return files
-
-
 # ---- the result -------------------------------------------------------------------------------
 
 @dataclass
@@ -296,7 +285,7 @@ def bench(model: str | ResolvedModel = DEFAULT_MODEL, weights: Weights = "imagen
     """
     if seconds <= 0:
         raise EffnetError(f"--seconds must be > 0, got {seconds}")
-    files = image_files(images) if images is not None else None
+    files = folder_images(images, "--images", log) if images is not None else None
     if engine is None:
         from .backends import resolve_kind
 

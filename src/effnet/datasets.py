@@ -19,7 +19,7 @@ from pathlib import Path
 
 from .errors import DatasetError
 from .labels import NUM_CLASSES, wnid_to_index
-from .preprocessing import IMAGE_SUFFIXES
+from .preprocessing import image_suffixes
 
 ANNOTATIONS_FILE = "val.txt"
 LOC_SOLUTION_FILE = "LOC_val_solution.csv"
@@ -177,11 +177,12 @@ def _from_wnid_folders(root: Path) -> Dataset:
         raise DatasetError(
             f"{root}: {len(unknown)} sub-folder(s) are not ImageNet-1k WordNet IDs: {_listing(unknown)}; "
             "expected one folder per class named like n01440764")
+    suffixes = image_suffixes()
     samples = [
         Sample(f"{folder.name}/{file.name}", file, index[folder.name])
         for folder in folders
         for file in sorted(folder.iterdir())
-        if file.is_file() and file.suffix.lower() in IMAGE_SUFFIXES
+        if file.is_file() and file.suffix.lower() in suffixes
     ]
     return _checked(Dataset(Layout.WNID_FOLDERS, root, root, tuple(samples)))
 

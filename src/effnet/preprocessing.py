@@ -24,7 +24,7 @@ import stat
 import struct
 import threading
 import warnings
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import Enum
 from functools import lru_cache
@@ -34,7 +34,7 @@ from typing import BinaryIO, Union
 import numpy as np
 from PIL import Image, ImageFile, ImageOps, UnidentifiedImageError
 
-from .errors import ImageError
+from .errors import EffnetError, ImageError
 
 
 class Interpolation(Enum):
@@ -97,19 +97,26 @@ def image_suffixes() -> frozenset[str]:
     return frozenset(ext.lower() for ext, fmt in Image.registered_extensions().items() if _decodable(fmt))
 
 
-def __getattr__(name: str):
-    # IMAGE_SUFFIXES is computed on use, so that a plugin registered after import (pillow-heif, ...) counts.
-    if name == "IMAGE_SUFFIXES":
-        return image_suffixes()
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
 def image_files(folder: str | os.PathLike, *, skipped: list[Skipped] | None = None) -> list[Path]:
     """The image files under `folder` (by suffix, recursively, hidden entries left out), sorted; empty if
     there are none. Entries that could not be looked at are appended to `skipped` when it is given."""
     files: list[Path] = []
     _walk(Path(folder), image_suffixes(), files, skipped if skipped is not None else [], frozenset())
     return sorted(files)
+
+
+def folder_images(folder: str | os.PathLike, flag: str, log: Callable[[str], None] = lambda _: None) -> list[Path]:
+    """The image files of a folder the user gave with `flag` (--images, --calibration): EffnetError when it
+    is not a folder or holds no image; entries that could not be looked at are told to `log`, a line each."""
+    if not Path(folder).is_dir():
+        raise EffnetError(f"{flag} {folder}: not a folder; give a folder of images")
+    skipped: list[Skipped] = []
+    files = image_files(folder, skipped=skipped)
+    for entry in skipped:
+        log(f"skipped {entry.path}: {entry.reason}")
+    if not files:
+        raise EffnetError(f"{flag} {folder}: no image files (any format Pillow reads) under it")
+    return files
 
 
 def expand_inputs(paths: Iterable[str | os.PathLike]) -> Listing:

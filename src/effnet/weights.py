@@ -234,13 +234,20 @@ def _record_verified(path: Path, digest: str) -> None:
         os.replace(tmp, _sidecar(path))
 
 
-def _is_verified(path: Path, entry: WeightsEntry) -> bool:
-    if not path.is_file():
-        return False
+def _sidecar_digest(path: Path) -> str | None:
+    """The digest a sidecar recorded for `path`, if the file is still the one it was recorded for."""
     with contextlib.suppress(OSError, ValueError, TypeError, KeyError):
         record = json.loads(_sidecar(path).read_text())
         if {k: record[k] for k in ("size", "mtime_ns", "ctime_ns", "ino")} == _identity(path):
-            return entry.matches(record["sha256"])
+            return record["sha256"]
+    return None
+
+
+def _is_verified(path: Path, entry: WeightsEntry) -> bool:
+    if not path.is_file():
+        return False
+    if (recorded := _sidecar_digest(path)) is not None:
+        return entry.matches(recorded)
     digest = sha256_file(path)
     if not entry.matches(digest):
         return False
@@ -259,7 +266,8 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         known = json.loads(memo.read_text())
         if identity in known:
             return known[identity]
-    digest = sha256_file(path)
+    # An official file verified on download carries its digest already: hash 266 MB once, not twice.
+    digest = _sidecar_digest(path) or sha256_file(path)
     with contextlib.suppress(OSError, ValueError, TypeError):  # a read-only cache only costs a re-hash
         known = json.loads(memo.read_text()) if memo.exists() else {}
         known[identity] = digest

@@ -16,9 +16,10 @@ import json
 import os
 import re
 import secrets
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO
 
 from ..errors import EffnetError, MissingEngineError, OutputError
 
@@ -128,7 +129,8 @@ class Store:
                                    "or --restart to delete them and start over")
         self.remove_temporaries()
         if restart or old is None:
-            self._write_atomic(self.root / IDENTITY_FILE, (json.dumps(identity, indent=2, sort_keys=True) + "\n").encode())
+            text = json.dumps(identity, indent=2, sort_keys=True) + "\n"
+            self._write_atomic(self.root / IDENTITY_FILE, lambda f: f.write(text.encode()))
 
     def done(self) -> dict[int, Path]:
         """Finished shards by index (only complete files ever carry a part name)."""
@@ -168,20 +170,8 @@ class Store:
         failed = sum(r.error is not None for r in rows)
         meta = {"effnet.rows": str(len(rows)), "effnet.failed": str(failed), **(extra or {})}
         table = pa.table(columns, schema=schema(with_ids).with_metadata(meta))
-        name = shard_name(index, count)
-        final = self.root / name
-        temp = self.root / f".{name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
-        try:
-            with open(temp, "wb") as f:
-                pq.write_table(table, f)
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(temp, final)
-            self._fsync_dir()
-        except OSError as exc:
-            with contextlib.suppress(OSError):
-                os.unlink(temp)
-            raise OutputError(f"cannot write {final}: {exc}") from exc
+        final = self.root / shard_name(index, count)
+        self._write_atomic(final, lambda f: pq.write_table(table, f))
         return final
 
     def shard_counts(self, path: Path) -> tuple[int, int]:
@@ -196,11 +186,13 @@ class Store:
             rows, failed = table.num_rows, table.num_rows - table.column("error").null_count
         return rows, failed
 
-    def _write_atomic(self, path: Path, data: bytes) -> None:
+    def _write_atomic(self, path: Path, write: Callable[[BinaryIO], object]) -> None:
+        """write(file) into a hidden temporary sibling, fsynced, then renamed to `path`: a reader sees the
+        whole file or none of it."""
         temp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
         try:
             with open(temp, "wb") as f:
-                f.write(data)
+                write(f)
                 f.flush()
                 os.fsync(f.fileno())
             os.replace(temp, path)

@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 
 from ..engines import HINTS
 from .options import (
@@ -41,8 +40,6 @@ def run(args: argparse.Namespace) -> int:
     from ..bench import bench, format_report
 
     before_engine(args.model, args.weights, args.backend, args.precision)
-    if args.images:
-        report_skipped(args.images)
     result = bench(args.model, args.weights, backend=args.backend,
                    precision=args.precision, batch=args.batch, streams=args.streams, hint=args.hint,
                    threads=args.threads, seconds=args.seconds, images=args.images, decode_workers=args.decode_workers,
@@ -50,13 +47,3 @@ def run(args: argparse.Namespace) -> int:
     emit(json.dumps(result.to_dict(), indent=2) if args.json else format_report(result))
     return 0
 
-
-def report_skipped(folder: str) -> None:
-    """One line per entry of the --images folder that could not be looked at (bench goes on without it)."""
-    from ..preprocessing import Skipped, image_files
-
-    skipped: list[Skipped] = []
-    if os.path.isdir(folder):
-        image_files(folder, skipped=skipped)
-    for entry in skipped:
-        notice(f"skipped {entry.path}: {entry.reason}")

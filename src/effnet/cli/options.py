@@ -149,20 +149,10 @@ def writable_folder(path: str, flag: str) -> Path:
     """`path` as an existing, writable folder (created if missing), checked before long work starts;
     an OutputError naming `flag` otherwise."""
     folder = Path(path).expanduser()
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=folder):
-            pass
-        return folder
-    except FileExistsError:
-        reason = "it is a file, not a folder"
-    except NotADirectoryError:
-        reason = "a part of the path above it is a file, not a folder"
-    except PermissionError:
-        reason = "permission denied"
-    except OSError as exc:
-        reason = (exc.strerror or str(exc)).lower()
-    raise OutputError(f"cannot write to {flag} {path}: {reason}; give a writable folder")
+    reason = _unwritable(folder)
+    if reason is not None:
+        raise OutputError(f"cannot write to {flag} {path}: {reason}; give a writable folder")
+    return folder
 
 
 def cache_notice() -> None:
@@ -171,20 +161,30 @@ def cache_notice() -> None:
     from ..weights import cache_dir
 
     root = cache_dir()
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        with tempfile.TemporaryFile(dir=root):
-            pass
+    reason = _unwritable(root)
+    if reason is None:
         return
-    except FileExistsError:
-        reason = "it is a file, not a folder"
-    except NotADirectoryError:
-        reason = "a part of the path is a file, not a folder"
-    except OSError as exc:
-        reason = (exc.strerror or type(exc).__name__).lower()
     where = f"EFFNET_HOME={root}" if os.environ.get("EFFNET_HOME") else str(root)
     notice(f"cannot write to the cache {where} ({reason}); engine models are built in a temporary folder for "
            f"this run only (set EFFNET_HOME to a writable folder to keep them)")
+
+
+def _unwritable(folder: Path) -> str | None:
+    """Why files cannot be written into `folder` (created if missing), in words; None when they can.
+    Probed by writing, since permission bits do not tell (root, read-only mounts, ACLs)."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+        return None
+    except FileExistsError:
+        return "it is a file, not a folder"
+    except NotADirectoryError:
+        return "a part of the path above it is a file, not a folder"
+    except PermissionError:
+        return "permission denied"
+    except OSError as exc:
+        return (exc.strerror or str(exc) or type(exc).__name__).lower()
 
 
 def download_notice(model: str, weights: object) -> bool:

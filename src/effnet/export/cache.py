@@ -11,12 +11,13 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import EffnetError
+from ..preprocessing import folder_images
 from ..resolved import ResolvedModel
 from ..weights import cache_dir
 from .metadata import describe
 from .onnx import export_onnx
 from .openvino import save_ir
-from .quantize import DEFAULT_SUBSET, image_files, split_holdout
+from .quantize import DEFAULT_SUBSET, split_holdout
 
 _MARKER = "complete"
 _scratch: Path | None = None  # random-weights exports: not reusable, so kept for this process only
@@ -30,7 +31,7 @@ def exports_dir(root: str | os.PathLike[str] | None = None) -> Path:
 def calibration_key(folder: str | os.PathLike[str], subset_size: int) -> str:
     """Names, sizes and times of the calibration images: a changed folder means a new int8 model."""
     digest = hashlib.sha256(str(subset_size).encode())
-    for path in image_files(folder):
+    for path in folder_images(folder, "--calibration"):
         st = path.stat()
         digest.update(f"{path.relative_to(folder)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
     return digest.hexdigest()
@@ -107,7 +108,7 @@ def calibration_split(calibration: str | os.PathLike[str] | None, precision: str
         return [], []
     if calibration is None:
         raise EffnetError("int8 needs --calibration DIR: a folder of a few hundred representative photos")
-    return split_holdout(image_files(calibration), subset_size)
+    return split_holdout(folder_images(calibration, "--calibration"), subset_size)
 
 
 def cached_ir(resolved: ResolvedModel, *, precision: str = "fp32", batch: int | None = None,

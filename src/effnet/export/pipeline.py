@@ -11,13 +11,13 @@ import numpy as np
 
 from ..engines import FILE_PRECISIONS as PRECISIONS
 from ..errors import EffnetError
-from ..preprocessing import PreprocessConfig
+from ..preprocessing import PreprocessConfig, folder_images
 from ..resolved import ResolvedModel
 from .build import ir_from_onnx
 from .metadata import describe
 from .onnx import export_onnx, run_onnx
 from .openvino import bgr_nchw, run_ir, save_ir
-from .quantize import DEFAULT_SUBSET, image_files, load_crops, split_holdout
+from .quantize import DEFAULT_SUBSET, load_crops, split_holdout
 from .verify import (
     FP32_TOLERANCE,
     Agreement,
@@ -79,7 +79,7 @@ def export_model(resolved: ResolvedModel, *, output: str | os.PathLike[str], for
     output = Path(output)
     log(f"building {name} (weights {resolved.weights_id}) at {config.input_size}x{config.input_size}")
     model = resolved.create_model(input_size=config.input_size)
-    calib_files, held_files = (split_holdout(image_files(calibration), subset_size)
+    calib_files, held_files = (split_holdout(folder_images(calibration, "--calibration"), subset_size)
                                if calibration is not None else ([], []))
     samples, reference = None, None
     if verify:
@@ -119,7 +119,7 @@ def verification_crops(config: PreprocessConfig, *, images: str | os.PathLike[st
     if images is not None:
         if not Path(images).is_dir():
             raise EffnetError(f"--images {images}: not a folder; pass a folder of photos to verify the export on")
-        files = image_files(images)  # refuses a folder without images
+        files = folder_images(images, "--images")  # refuses a folder without images
         step = max(1, len(files) // VERIFY_EXTRA)
         parts.append(load_crops(files[::step][:VERIFY_EXTRA], config, desc="verification images"))
     if held_out:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import logging
-import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,24 +14,12 @@ from ..arch import Activation, NetworkSpec
 from ..errors import EffnetError, ImageError
 from ..optional import require
 from ..preprocessing import PreprocessConfig, center_crop, load_image
-from ..preprocessing import image_files as list_images
 from .openvino import bgr_nchw
 
 if TYPE_CHECKING:
     import openvino as ov
 
 DEFAULT_SUBSET = 300  # NNCF's own default: enough for stable activation ranges on ImageNet models
-
-
-def image_files(folder: str | os.PathLike[str]) -> list[Path]:
-    """Image files under `folder` (recursively), in a stable order."""
-    root = Path(folder)
-    if not root.is_dir():
-        raise EffnetError(f"calibration folder {root} does not exist or is not a folder")
-    files = list_images(root)
-    if not files:
-        raise EffnetError(f"no images (any format Pillow reads) found under {root}")
-    return files
 
 
 def load_crops(files: Sequence[Path], config: PreprocessConfig, *, desc: str = "decoding",
