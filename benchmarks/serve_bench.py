@@ -6,7 +6,7 @@ server formed. The baseline is Classifier on the same JPEG bytes in this process
 (classify_iter, decode threads + engine) and one-at-a-time latency. `--noop` swaps the engine for a stand-in
 that returns at once, which measures the server's own overhead.
 
-    python benchmarks/serve_bench.py --model efficientnet_b7 --weights random --backend openvino --clients 1,8
+    python benchmarks/serve_bench.py --model efficientnet_b7 --weights random --backend openvino --clients 1,8 --rounds 3
     python benchmarks/serve_bench.py --model efficientnet_lite0 --backend torch --noop --seconds 5
 
 Issue 10's targets: at 8 clients >= 0.95x Classifier's end-to-end throughput with zero errors; at 1 client a
@@ -143,13 +143,17 @@ def drive(protocol: str, url: str, model: str, images: list[bytes], clients: int
             "p99_ms": float(np.percentile(lat, 99)) if len(lat) else None}
 
 
-def baseline(args, images: list[bytes]) -> dict:
-    """Classifier in this process on the same JPEG bytes: end-to-end throughput and one-at-a-time latency."""
+def load_baseline(args):
     from effnet import Classifier
 
     c = Classifier(args.model, args.weights, backend=args.backend, precision=args.precision,
                    batch_size=args.max_batch_size)
-    list(c.classify_iter(images[: args.max_batch_size]))  # warm up
+    list(c.classify_iter(photos(args.max_batch_size)))  # warm up
+    return c
+
+
+def baseline(c, args, images: list[bytes]) -> dict:
+    """Classifier in this process on the same JPEG bytes: end-to-end throughput and one-at-a-time latency."""
     t0 = time.perf_counter()
     n = 0
     stop = time.monotonic() + args.seconds
@@ -165,6 +169,40 @@ def baseline(args, images: list[bytes]) -> dict:
     return {"throughput": throughput, "p50_ms": float(np.median(lat)), "describe": c.describe()}
 
 
+def paired_latency(c, urls: dict[str, str], model: str, images: list[bytes], count: int) -> dict:
+    """One client at a time, the paths taking turns image by image (Classifier directly, then each protocol),
+    so that the host's drift falls on all of them alike; the median of the per-image differences."""
+    import tritonclient.grpc as tg
+    import tritonclient.http as th
+
+    clients = {"http": th.InferenceServerClient(urls["http"], network_timeout=300),
+               "grpc": tg.InferenceServerClient(urls["grpc"])}
+    times: dict[str, list[float]] = {"direct": [], **{k: [] for k in urls}}
+    for i in range(count):
+        data = images[i % len(images)]
+        t = time.perf_counter()
+        c.probabilities([data])
+        times["direct"].append((time.perf_counter() - t) * 1000)
+        for protocol in urls:
+            tc = th if protocol == "http" else tg
+            inp = tc.InferInput("data", [1], "BYTES")
+            if protocol == "http":
+                inp.set_data_from_numpy(np.array([data], dtype=object), binary_data=True)
+                out = [tc.InferRequestedOutput("prob", binary_data=True)]
+            else:
+                inp.set_data_from_numpy(np.array([data], dtype=object))
+                out = [tc.InferRequestedOutput("prob")]
+            t = time.perf_counter()
+            clients[protocol].infer(model, [inp], outputs=out).as_numpy("prob")
+            times[protocol].append((time.perf_counter() - t) * 1000)
+    for client in clients.values():
+        client.close()
+    direct = np.asarray(times["direct"])
+    return {"count": count, "direct_p50_ms": float(np.median(direct)),
+            **{f"{k}_p50_ms": float(np.median(times[k])) for k in urls},
+            **{f"{k}_minus_direct_ms": float(np.median(np.asarray(times[k]) - direct)) for k in urls}}
+
+
 def main() -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--model", default="efficientnet_b7")
@@ -178,17 +216,35 @@ def main() -> int:
     p.add_argument("--max-queue-delay-ms", type=float, default=2)
     p.add_argument("--noop", action="store_true", help="a stand-in engine that returns at once: server overhead only")
     p.add_argument("--json", action="store_true")
+    p.add_argument("--paired", type=int, default=0,
+                   help="then N images one at a time, Classifier and each protocol taking turns (latency)")
+    p.add_argument("--rounds", type=int, default=1,
+                   help="rounds of (Classifier, then every row); ratios are taken within each round")
     args = p.parse_args()
     images = photos(64)
-    base = None if args.noop else baseline(args, images)
+    direct = None if args.noop else load_baseline(args)
     proc, http, grpc = start_server(args)
-    rows = []
+    rounds: list[dict] = []
     try:
-        for protocol in args.protocols.split(","):
-            for clients in (int(c) for c in args.clients.split(",")):
-                drive(protocol, http if protocol == "http" else grpc, args.model, images, clients, 2)  # warm up
-                rows.append(drive(protocol, http if protocol == "http" else grpc, args.model, images, clients,
-                                  args.seconds))
+        for _ in range(max(1, args.rounds)):
+            # The host's speed drifts by 10 % within minutes: each round measures Classifier directly next to
+            # the server's rows, and each row is compared with its own round's Classifier.
+            base = None if args.noop else baseline(direct, args, images)
+            rows = []
+            for protocol in args.protocols.split(","):
+                for clients in (int(c) for c in args.clients.split(",")):
+                    url = http if protocol == "http" else grpc
+                    drive(protocol, url, args.model, images, clients, 2)  # warm up
+                    row = drive(protocol, url, args.model, images, clients, args.seconds)
+                    if base:
+                        row["vs_classifier"] = row["throughput"] / base["throughput"]
+                        row["p50_minus_direct_ms"] = row["p50_ms"] - base["p50_ms"]
+                    rows.append(row)
+            rounds.append({"baseline": base, "rows": rows})
+        paired = None
+        if args.paired and direct is not None:
+            urls = {k: v for k, v in (("http", http), ("grpc", grpc)) if k in args.protocols.split(",")}
+            paired = paired_latency(direct, urls, args.model, images, args.paired)
         import urllib.request
 
         stats = json.load(urllib.request.urlopen(f"http://{http}/v2/models/{args.model}/stats"))["model_stats"][0]
@@ -197,22 +253,33 @@ def main() -> int:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(60)
     if args.json:
-        print(json.dumps({"baseline": base, "rows": rows, "mean_batch": mean_batch, "exit": proc.returncode}))
+        print(json.dumps({"rounds": rounds, "paired": paired, "mean_batch": mean_batch, "exit": proc.returncode}))
         return 0
-    engine = "noop stand-in" if args.noop else f"{base['describe']['backend']} {base['describe']['precision']}"
-    print(f"{args.model}, {engine}, JPEG inputs, {args.seconds:g} s per row, {os.cpu_count()} CPUs")
-    if base:
-        print(f"Classifier directly: {base['throughput']:.2f} img/s end to end, "
-              f"one image {base['p50_ms']:.1f} ms (p50)")
-    print("| protocol | clients | img/s | vs Classifier | p50 ms | p99 ms | errors |")
-    print("|---|---|---|---|---|---|---|")
-    for r in rows:
-        ratio = f"{r['throughput'] / base['throughput']:.2f}x" if base else "-"
-        print(f"| {r['protocol']} | {r['clients']} | {r['throughput']:.2f} | {ratio} | {r['p50_ms']:.1f} | "
-              f"{r['p99_ms']:.1f} | {r['errors']} |")
+    engine = "noop stand-in" if args.noop else f"{direct.describe()['backend']} {direct.describe()['precision']}"
+    print(f"{args.model}, {engine}, JPEG inputs, {args.seconds:g} s per row, {len(rounds)} round(s), "
+          f"{os.cpu_count()} CPUs")
+    for k, r in enumerate(rounds, 1):
+        if r["baseline"]:
+            print(f"round {k}: Classifier directly {r['baseline']['throughput']:.2f} img/s end to end, "
+                  f"one image {r['baseline']['p50_ms']:.1f} ms (p50)")
+    print("| protocol | clients | img/s (median) | vs Classifier, per round | median | p50 ms | p50 - direct, "
+          "per round | p99 ms | errors |")
+    print("|---|---|---|---|---|---|---|---|---|")
+    for i, first in enumerate(rounds[0]["rows"]):
+        same = [r["rows"][i] for r in rounds]
+        med = lambda key: float(np.median([x[key] for x in same]))  # noqa: E731
+        ratios = " / ".join(f"{x['vs_classifier']:.2f}" for x in same) if not args.noop else "-"
+        deltas = " / ".join(f"{x['p50_minus_direct_ms']:+.0f}" for x in same) if not args.noop else "-"
+        ratio = f"{med('vs_classifier'):.2f}x" if not args.noop else "-"
+        print(f"| {first['protocol']} | {first['clients']} | {med('throughput'):.2f} | {ratios} | {ratio} | "
+              f"{med('p50_ms'):.1f} | {deltas} | {med('p99_ms'):.1f} | {sum(x['errors'] for x in same)} |")
+    if paired:
+        print(f"one client, {paired['count']} images with Classifier and the protocols taking turns: direct p50 "
+              f"{paired['direct_p50_ms']:.1f} ms; " + "; ".join(
+                  f"{k} p50 {paired[k + '_p50_ms']:.1f} ms, median per-image difference "
+                  f"{paired[k + '_minus_direct_ms']:+.1f} ms" for k in ("http", "grpc") if k + "_p50_ms" in paired))
     print(f"mean batch formed by the server: {mean_batch:.2f}; server exit status after SIGTERM: {proc.returncode}")
     return 0
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -150,3 +150,69 @@ def test_cli_summary_and_exit_status(job, tmp_path, capsys):
     assert "another job's results" in err and "--restart" in err and "Traceback" not in err
     assert main([*argv[:1], str(root / "photos" / "junk"), *argv[2:], "--restart"]) == 1
     assert "classified 0, failed 4" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("kind", ["torch", "onnxruntime", "openvino"])
+def test_ray_actor_engine_runs_on_the_actors_cpus_not_the_nodes(kind):
+    """A Ray actor holding 1 CPU runs its engine on 1 thread: OpenVINO and ONNX Runtime would otherwise
+    start one per core of the node, k actors per node running k times too many threads; OpenVINO's threads
+    are not pinned (every actor's process would pin its stream to the node's first core)."""
+    import torch
+
+    from effnet.backends import default_precision
+    from effnet.batch.ray_engine import actor_engine
+    from effnet.resolved import resolve
+
+    threads = torch.get_num_threads()
+    try:
+        engine = actor_engine(kind, resolve(MODEL["model"], MODEL["weights"]), default_precision(kind), 1)
+        settings = engine.settings()
+        assert settings["threads"] == 1, settings
+        assert settings.get("streams", 1) == 1, settings
+        assert settings.get("pinned", False) is False, settings
+    finally:
+        torch.set_num_threads(threads)
+
+
+def test_object_store_output_is_refused_not_written_to_a_local_folder_named_like_it(job, tmp_path, monkeypatch):
+    """`--output s3://...` would otherwise become a local folder `s3:/...` (and vanish with a cluster's pod)."""
+    from effnet.errors import OutputError
+
+    root, _, _ = job
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(OutputError, match="file system this process writes"):
+        run_batch([root / "photos"], "s3://bucket/answers", model=MODEL["model"], weights=MODEL["weights"],
+                  backend=MODEL["backend"])
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_list_or_manifest_given_as_a_uri_is_refused_not_classified_as_one_image():
+    from effnet.batch import collect_inputs
+
+    for uri in ("s3://bucket/manifests/photos.parquet", "gs://bucket/photos.txt", "file:///data/list.lst"):
+        with pytest.raises(InputError, match="read from a path on this machine"):
+            collect_inputs([uri])
+    assert collect_inputs(["s3://bucket/photos/cat.jpg"]).uris == ["s3://bucket/photos/cat.jpg"]
+
+
+def test_output_lock_one_writer_and_file_systems_without_locks_say_so(tmp_path, monkeypatch):
+    import errno
+    import fcntl
+
+    from effnet.batch.store import Store
+    from effnet.errors import OutputError
+
+    with Store(tmp_path / "out").open():
+        with pytest.raises(OutputError, match="another effnet batch run is writing"):
+            with Store(tmp_path / "out").open():
+                pass
+    with Store(tmp_path / "out").open():  # released when the first run ends
+        pass
+
+    def no_locks(fd, op):  # as on some NFS and FUSE (object-store) mounts
+        raise OSError(errno.ENOLCK, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_locks)
+    with pytest.raises(OutputError, match="must be on a file system with file locks"):
+        with Store(tmp_path / "out").open():
+            pass

@@ -1,7 +1,8 @@
 """`effnet batch --engine ray`: on a local Ray (ray.init) and on a real two-node cluster (head + worker node),
 each inside a private network namespace (loopback only: Ray would otherwise advertise the machine's
 outside address) and a private PID namespace, so that every Ray process a test starts dies with it: the
-test kills the namespace's process group by its id, and the kernel ends the rest."""
+test kills the namespace's process group by its id, and the kernel ends the rest. On the cluster, the
+driver is killed at random moments, and (another test) the worker node is killed while the job runs."""
 from __future__ import annotations
 
 import json
@@ -14,6 +15,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+import numpy as np
 import pyarrow.parquet as pq
 import pytest
 import ray.data  # noqa: F401  (the [ray] extra: these tests are meant to run)
@@ -166,3 +168,129 @@ def test_two_node_cluster_work_on_both_nodes_exactly_once_after_driver_kills(pho
             nodes[node] = nodes.get(node, 0) + count
     assert len(nodes) == 2 and sum(nodes.values()) == len(files), (nodes, log)
     assert "killed after" in log, log  # at least one kill landed while the driver was running
+
+
+@pytest.fixture(scope="module")
+def many_photos(photos, tmp_path_factory):
+    """204 inputs: the 20 photos ten times each under distinct names (hard links: no extra disk, the same
+    answers), and the 4 corrupt files once. Enough work that a node can die while the job is half done."""
+    folder, files, expected = photos
+    big = tmp_path_factory.mktemp("manyphotos")
+    original: dict[str, str] = {}
+    for f in files:
+        rel = Path(f).relative_to(folder)
+        copies = 1 if isinstance(expected[f], str) else 10
+        for c in range(copies):
+            link = big / rel.parent / (rel.name if c == 0 else f"{rel.stem}-c{c}{rel.suffix}")
+            link.parent.mkdir(parents=True, exist_ok=True)
+            os.link(f, link)
+            original[os.path.abspath(link)] = f
+    from effnet.preprocessing import image_files
+
+    return big, [os.path.abspath(p) for p in image_files(big)], original, expected
+
+
+KILL_NODE = """\
+\"\"\"SIGKILL one Ray node by pid: every process in its process group (raylet, log monitor, agents; the node was
+started under setsid) and every descendant of those (Ray puts its worker processes, the actors among them,
+in process groups of their own). Records what it killed as JSON.\"\"\"
+import json, os, signal, sys
+
+pgid, record = int(sys.argv[1]), sys.argv[2]
+procs = {}
+for name in os.listdir("/proc"):
+    if name.isdigit():
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()  # state, ppid, pgrp, ...
+            with open(f"/proc/{name}/cmdline", "rb") as f:
+                cmd = f.read().replace(b"\\0", b" ").decode(errors="replace").strip()
+        except OSError:  # gone meanwhile
+            continue
+        procs[int(name)] = (int(fields[1]), int(fields[2]), cmd)
+victims = {pid for pid, (_, group, _) in procs.items() if group == pgid}
+while True:
+    more = {pid for pid, (parent, _, _) in procs.items() if parent in victims} - victims
+    if not more:
+        break
+    victims |= more
+for pid in victims:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+with open(record, "w") as f:
+    json.dump({pid: procs[pid][2][:200] for pid in sorted(victims)}, f)
+"""
+
+NODE_DIES = """
+export RAY_AUTH_MODE=token RAY_AUTH_TOKEN=$(python -c 'import secrets; print(secrets.token_hex(32))')
+common="--node-ip-address 127.0.0.1 --num-cpus 1 --object-store-memory 80000000 --disable-usage-stats"
+# The head checks every node's health each second instead of every 3 s (5 misses mark a node dead): the
+# test waits about 5 s instead of 15 for Ray to notice the killed node; nothing else changes.
+RAY_health_check_period_ms=1000 ray start --head --port 6379 --include-dashboard false $common > {s}/head.txt 2>&1 || exit 3
+# The worker node in a session of its own: its process group id is this bash's pid, which exec hands to ray start.
+setsid bash -c "echo \\$\\$ > {s}/worker.pgid; exec ray start --address 127.0.0.1:6379 $common" > {s}/worker.txt 2>&1 || exit 4
+export RAY_ADDRESS=127.0.0.1:6379
+echo "cluster up (${{SECONDS}} s)"
+{cmd} > {s}/driver.txt 2>&1 &
+pid=$!
+# Bounded waits throughout. First: until this run's first shard (the pool is up and answering), at most 240 s.
+for i in $(seq 2400); do kill -0 $pid 2>/dev/null && ! ls {out}/part-* > /dev/null 2>&1 || break; sleep 0.1; done
+sleep {delay}
+kill -0 $pid 2>/dev/null && echo "driver running at the node kill, first shard + {delay} s (${{SECONDS}} s)"
+ls {out} > {s}/at_kill.txt
+python {s}/kill_node.py $(cat {s}/worker.pgid) {s}/killed.json
+# Ray finds the node dead after its health checks (about 5 s); the job goes on: wait at most 240 s.
+for i in $(seq 240); do kill -0 $pid 2>/dev/null || break; sleep 1; done
+if kill -0 $pid 2>/dev/null; then
+  echo "driver still running after 240 s: killed, then the same command again"
+  kill -9 $pid; wait $pid
+  {cmd} >> {s}/driver.txt 2>&1; echo "rerun rc=$?"
+else
+  wait $pid; echo "first rc=$? (${{SECONDS}} s)"
+fi
+"""
+
+
+def test_two_node_cluster_worker_node_killed_mid_job_exactly_once(many_photos, scratch, tmp_path):
+    """The worker node dies (SIGKILL of all its processes) while the job runs. Ray restarts the lost actor
+    wherever a CPU frees up and retries its unfinished batches; answers that arrive twice are dropped by
+    position. The job ends with every input exactly once, on the head node alone (or, should the driver
+    hang, after the same command again: the default --workers then fits the surviving cluster)."""
+    folder, files, original, expected = many_photos
+    out, shard = tmp_path / "out", 10
+    # No --workers: one actor per CPU of the cluster as found at start (two now, one for a rerun).
+    cmd = effnet_batch(str(folder), "--output", str(out), "--engine", "ray", "--batch-size", "2",
+                       "--shard-size", str(shard))
+    rng = random.Random(int(os.environ.get("EFFNET_KILL_SEED", random.randrange(1 << 30))))
+    delay = f"{rng.uniform(0.0, 1.0):.1f}"  # the rest of the job takes 10-20 s: the kill always lands mid-work
+    (scratch / "kill_node.py").write_text(KILL_NODE)
+    log = in_namespace(NODE_DIES.format(s=scratch, out=out, cmd=cmd, delay=delay), scratch, timeout=600)
+    driver = (scratch / "driver.txt").read_text(errors="replace") if (scratch / "driver.txt").exists() else ""
+    summary = [line for line in driver.splitlines() if line.startswith("effnet: ") and "classified" in line]
+    print(log, *summary, sep="\n")  # which way the job ended, rows per node (shown with -s or on failure)
+    assert "first rc=1" in log or "rerun rc=1" in log, log + driver[-4000:]  # 1: the corrupt files' rows
+
+    # the kill landed mid-job, on a node that ran an actor
+    assert "driver running at the node kill" in log, log + driver[-3000:]
+    killed = json.loads((scratch / "killed.json").read_text())
+    assert any("raylet" in c for c in killed.values()) and any("MapWorker" in c for c in killed.values()), killed
+    count = -(-len(files) // shard)
+    done_at_kill = [n for n in (scratch / "at_kill.txt").read_text().split() if n.startswith("part-")]
+    assert 1 <= len(done_at_kill) < count, done_at_kill
+
+    # every input exactly once, in order; error rows only for the corrupt files; classify's answers
+    assert not list(out.glob(".*.tmp"))
+    table = read_dataset(out)
+    assert table.column("uri").to_pylist() == files
+    for row in table.to_pylist():
+        want = expected[original[row["uri"]]]
+        if isinstance(want, str):
+            assert row["error"] and row["indices"] is None and row["probabilities"] is None, row
+        else:
+            assert row["error"] is None and row["indices"] == want[0] and row["labels"] == want[1], row
+            np.testing.assert_allclose(row["probabilities"], np.float32(want[2]), atol=1e-5)
+    assert sum(r is not None for r in table.column("error").to_pylist()) == 4 and len(files) == 204
+    rows = sum(int(pq.read_schema(p).metadata[b"effnet.rows"]) for p in out.glob("part-*.parquet"))
+    assert rows == len(files) and len(list(out.glob("part-*.parquet"))) == count

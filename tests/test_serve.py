@@ -193,6 +193,43 @@ def test_tritonclient_http(server, classifier, jpegs, expected):
     client.close()
 
 
+def test_openvino_engine_served_concurrently_equals_classifier(jpegs):
+    """OpenVINO takes a batch whenever one of its infer requests frees up (batches overlap): under 12 concurrent
+    clients every answer is its own image's, bit for bit what `Classifier` computes on the same engine."""
+    from effnet import Classifier
+
+    classifier = Classifier(MODEL, "imagenet", backend="openvino")
+    names = (list(jpegs) * 3)[:12]
+    expected = {name: classifier.probabilities([jpegs[name]])[0] for name in set(names)}
+    s = ServerProcess(["--model", MODEL, "--weights", "imagenet", "--backend", "openvino", "--http-port", "0",
+                       "--grpc-port", "0", "--max-batch-size", "4"])
+    try:
+        got: dict[int, np.ndarray] = {}
+
+        def send(k):
+            c = RawClient(s.http)
+            try:
+                status, _, body = c.post(f"/v2/models/{MODEL}/infer", jpegs[names[k]],
+                                         {"Inference-Header-Content-Length": "0"})
+                assert status == 200, body
+                got[k] = np.asarray(json.loads(body)["outputs"][0]["data"], np.float32)
+            finally:
+                c.close()
+
+        threads = [threading.Thread(target=send, args=(k,)) for k in range(len(names))]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        assert sorted(got) == list(range(len(names)))
+        for k, name in enumerate(names):
+            np.testing.assert_array_equal(got[k], expected[name])
+        stats = httpx.get(s.http + f"/v2/models/{MODEL}/stats", timeout=10).json()["model_stats"][0]
+        assert stats["inference_count"] == len(names)
+    finally:
+        assert s.stop() == 0
+
+
 def test_raw_jpeg_post_and_base64_json(server, jpegs, expected):
     with httpx.Client(base_url=server.http, timeout=60) as c:
         r = c.post(f"/v2/models/{MODEL}/infer", content=jpegs["rocket"],
@@ -251,6 +288,36 @@ def test_tritonclient_grpc(server, classifier, jpegs, expected):
     with pytest.raises(tg.InferenceServerException, match="unknown model"):
         client.get_model_metadata("nope")
     client.close()
+
+
+def test_grpc_stream_infer_answers_each_request_and_survives_a_bad_one(server, jpegs, expected):
+    """tritonclient's streaming API (ModelStreamInfer): every request answered under its own id; a broken image
+    is an error for that request only, and the stream goes on."""
+    import queue
+
+    import tritonclient.grpc as tg
+
+    client = tg.InferenceServerClient(server.grpc)
+    answers: queue.Queue = queue.Queue()
+    client.start_stream(callback=lambda result, error: answers.put((result, error)))
+    names = list(jpegs) + ["broken"] + list(jpegs)
+    for k, name in enumerate(names):
+        i = tg.InferInput("data", [1], "BYTES")
+        i.set_data_from_numpy(np.array([jpegs.get(name, b"not an image")], dtype=object))
+        client.async_stream_infer(MODEL, [i], request_id=str(k))
+    got, errors = {}, []
+    for _ in names:
+        result, error = answers.get(timeout=120)
+        if error is not None:
+            errors.append(str(error))
+        else:
+            got[int(result.get_response().id)] = result.as_numpy("prob")[0]
+    client.stop_stream()
+    client.close()
+    assert len(errors) == 1 and "input 'data'[0]" in errors[0], errors
+    assert sorted(got) == [k for k, name in enumerate(names) if name != "broken"]
+    for k, probs in got.items():
+        same(probs, expected[names[k]])
 
 
 def test_grpc_typed_contents_as_kserve_clients_send_them(server, classifier, jpegs, expected):

@@ -38,8 +38,30 @@ class SleepingEngine:
         probs[np.arange(len(crops)), crops.reshape(len(crops), -1).mean(1).astype(int) % 1000] = 0.9
         return probs
 
+class StreamingSleepingEngine(SleepingEngine):
+    '''The same, shaped like OpenVINO: `capacity` batches in flight at once, each answered from its own
+    thread; logs "start end" times per batch. A crop of mean 13 fails, as a broken infer request would.'''
+    def __init__(self, delay, log, capacity):
+        super().__init__(delay, None)
+        self.capacity, self.times = capacity, log
+    def predict_stream(self, batches):
+        return map(self.predict, batches)
+    def submit(self, crops, done):
+        import threading
+        def finish(started=time.monotonic()):
+            probs = self.predict(crops)
+            if self.times:
+                with open(self.times, "a") as f:
+                    f.write(f"{started} {time.monotonic()}\\n")
+            if int(crops.mean()) == 13:
+                done(None, RuntimeError("infer request failed"))
+            else:
+                done(probs, None)
+        threading.Timer(0, finish).start()
+
 options = json.loads(sys.argv[1])
-engine = SleepingEngine(options.pop("delay"), options.pop("log", None))
+delay, log, capacity = options.pop("delay"), options.pop("log", None), options.pop("capacity", None)
+engine = StreamingSleepingEngine(delay, log, capacity) if capacity else SleepingEngine(delay, log)
 sys.exit(serve([Classifier("efficientnet_lite0", "random", backend=engine)], ServeOptions(**options)))
 """
 
@@ -242,3 +264,36 @@ def test_sigterm_drains_accepted_requests_and_exits_0():
         for c in clients:
             c.close()
         s.stop()
+
+
+def test_a_streaming_engine_takes_the_next_batch_while_one_runs(tmp_path):
+    """OpenVINO-like engines get a batch whenever one of their requests is free: a request that arrives while
+    another computes starts at once instead of waiting for it; a failed infer request is a JSON 500 and the
+    server goes on."""
+    times = tmp_path / "times.log"
+    s = start(delay=0.8, capacity=2, max_batch_size=2, max_queue_delay_ms=1, log=str(times))
+    try:
+        answers: dict[int, int] = {}
+
+        def send(value):
+            r = httpx.post(s.http + INFER, content=tiny_jpeg(value), headers=RAW, timeout=30)
+            answers[value] = r.json()["outputs"][0]["data"] if r.status_code == 200 else r.status_code
+
+        first = threading.Thread(target=send, args=(50,))
+        first.start()
+        time.sleep(0.3)  # the first is in the engine for another 0.5 s
+        second = threading.Thread(target=send, args=(150,))
+        second.start()
+        first.join(30)
+        second.join(30)
+        (a_start, a_end), (b_start, b_end) = sorted(tuple(map(float, line.split())) for line in
+                                                    times.read_text().splitlines())
+        assert b_start < a_end - 0.2, "the second batch waited for the first"
+        for value, probs in answers.items():  # each request got its own image's row
+            assert int(np.argmax(probs)) == value
+        r = httpx.post(s.http + INFER, content=tiny_jpeg(13), headers=RAW, timeout=30)
+        assert r.status_code == 500 and "infer request failed" in r.json()["error"]
+        assert httpx.post(s.http + INFER, content=tiny_jpeg(60), headers=RAW, timeout=30).status_code == 200
+        wait_idle(s)
+    finally:
+        assert s.stop() == 0

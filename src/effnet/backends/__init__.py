@@ -61,7 +61,7 @@ def resolve_kind(kind: str, precision: str | None = "fp32") -> str:
 def create_backend(kind: str, resolved: ResolvedModel, precision: str | None = "fp32", *,
                    batch: int | None | Literal["auto"] = "auto",
                    calibration: str | os.PathLike[str] | None = None, hint: str = "THROUGHPUT",
-                   streams: int | None = None, threads: int | None = None,
+                   streams: int | None = None, threads: int | None = None, pin_threads: bool = True,
                    cache_root: str | os.PathLike[str] | None = None,
                    log: Callable[[str], None] = lambda _: None) -> Backend:
     """An engine running the resolved model at `precision` (None: the engine's default, see
@@ -73,6 +73,8 @@ def create_backend(kind: str, resolved: ResolvedModel, precision: str | None = "
     `batch`: the exported model's batch (None: any). "auto": 1 for OpenVINO, which spreads a call's
     images over its infer requests (a fixed shape also answers the first call sooner), any for ONNX Runtime.
     `calibration`: image folder, needed for int8. `hint`, `streams`: OpenVINO's performance settings.
+    `threads`: the engine's threads (default: one per core). `pin_threads=False`: OpenVINO leaves its threads
+    unpinned, for processes that share a machine's cores (each would pin its streams to the first cores).
     `log` hears one line before long work (the first build of an engine model).
     """
     from ..weights import cache_dir
@@ -99,7 +101,7 @@ def create_backend(kind: str, resolved: ResolvedModel, precision: str | None = "
     # Random weights make a throwaway model: keep its compiled blob out of the cache.
     blobs = root / "openvino" if not resolved.random_weights else None
     return OpenVINOBackend(xml, precision=precision, hint=hint, cache_dir=blobs, streams=streams,
-                           threads=threads)
+                           threads=threads, pin_threads=pin_threads)
 
 
 __all__ = ["ALL_PRECISIONS", "KINDS", "PRECISIONS", "Backend", "available_backends", "create_backend",

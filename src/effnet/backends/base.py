@@ -1,7 +1,7 @@
 """The protocol every inference engine implements, and `predictions`, which pipelines where it can."""
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Protocol, runtime_checkable
 
 import numpy as np
@@ -33,6 +33,18 @@ class StreamingBackend(Backend, Protocol):
     def predict_stream(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
         """`predict` of each batch, in order, with no pause between batches: the next batch's images
         start as soon as a request frees up, while earlier results are handed back."""
+        ...
+
+    @property
+    def capacity(self) -> int:
+        """Images the engine computes at once (infer requests x images per request): a server keeps this
+        many in flight so that no request sits idle between batches."""
+        ...
+
+    def submit(self, crops: np.ndarray, done: Callable[[np.ndarray | None, BaseException | None], None]) -> None:
+        """Start `predict(crops)` and return without waiting for it: `done(probs, None)` or
+        `done(None, error)` is called once, from an engine thread, when it ends. Blocks only while every
+        infer request is busy."""
         ...
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import threading
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -45,7 +45,7 @@ class OpenVINOBackend:
 
     def __init__(self, xml: str | os.PathLike[str], *, precision: str = "fp32", hint: str = "THROUGHPUT",
                  cache_dir: str | os.PathLike[str] | None = None, requests: int | None = None,
-                 streams: int | None = None, threads: int | None = None) -> None:
+                 streams: int | None = None, threads: int | None = None, pin_threads: bool = True) -> None:
         """`xml`: an engine IR (uint8 RGB crops in), as openvino_graph.engine_ir builds it."""
         ov = require("openvino")
         if precision not in PRECISIONS["openvino"]:
@@ -69,6 +69,8 @@ class OpenVINOBackend:
             config["NUM_STREAMS"] = streams
         if threads:
             config["INFERENCE_NUM_THREADS"] = threads
+        if not pin_threads:
+            config["ENABLE_CPU_PINNING"] = False
         self.compiled = self._compile(core, xml, config, cached=cache_dir is not None)
         data = self.compiled.input(0)
         if data.get_element_type() != ov.Type.u8:
@@ -123,6 +125,22 @@ class OpenVINOBackend:
         finally:
             self.queue.wait_all()  # requests read the batches in place: none may outlive its batch
 
+    @property
+    def capacity(self) -> int:
+        return self.requests * (self.static_batch or 1)
+
+    def submit(self, crops: np.ndarray, done: Callable[[np.ndarray | None, BaseException | None], None]) -> None:
+        """`predict(crops)` started on the infer requests; `done` is called from the request that ends it.
+        A server calls this for each batch as requests free up, so no stream waits for another's batch."""
+        batch = _Batch(len(crops), self.classes, done)
+        try:
+            for start, piece in self._pieces(crops):
+                batch.starting(piece)
+                self.queue.start_async({0: piece}, (batch, start), share_inputs=True)  # waits for a free request
+        except Exception as exc:  # noqa: BLE001 - handed to `done`, once the started pieces have ended
+            batch.fail(exc)
+        batch.close()
+
     def _pieces(self, crops: np.ndarray) -> Iterator[tuple[int, np.ndarray]]:
         """(start, piece): the IR's batch if fixed (the tail padded), else about one piece per request."""
         crops = np.ascontiguousarray(crops, dtype=np.uint8)
@@ -151,6 +169,7 @@ def compiled_settings(compiled) -> dict:
     chose them (not as asked), as plain data."""
     out: dict = {}
     for key, prop in (("hint", "PERFORMANCE_HINT"), ("streams", "NUM_STREAMS"), ("threads", "INFERENCE_NUM_THREADS"),
+                      ("pinned", "ENABLE_CPU_PINNING"),
                       ("inference_precision", "INFERENCE_PRECISION_HINT"),
                       ("infer_requests", "OPTIMAL_NUMBER_OF_INFER_REQUESTS")):
         try:
@@ -172,10 +191,13 @@ def _plain(value):
 class _Batch:
     """One batch of predict_stream: its output rows, filled in by the requests' callbacks."""
 
-    def __init__(self, images: int, classes: int) -> None:
+    def __init__(self, images: int, classes: int,
+                 on_done: Callable[[np.ndarray | None, BaseException | None], None] | None = None) -> None:
         self.out = np.empty((images, classes), np.float32)
         self.pieces: list[np.ndarray] = []  # what the requests read in place (share_inputs)
         self.done = threading.Event()
+        self.error: BaseException | None = None
+        self._on_done = on_done
         self._lock = threading.Lock()
         self._open = 1  # pieces in flight, plus the submitter's until every piece has started
 
@@ -189,8 +211,15 @@ class _Batch:
         self.out[start:stop] = probs[:stop - start]
         self.close()
 
+    def fail(self, error: BaseException) -> None:
+        """A piece could not start: the pieces already running still end, then `on_done` hears the error."""
+        self.error = error
+
     def close(self) -> None:
         with self._lock:
             self._open -= 1
-            if self._open == 0:
-                self.done.set()
+            finished = self._open == 0
+        if finished:
+            self.done.set()
+            if self._on_done is not None:
+                self._on_done(None if self.error else self.out, self.error)

@@ -10,6 +10,7 @@ import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from ..errors import EffnetError
 from .store import require_pyarrow
@@ -63,13 +64,18 @@ def collect_inputs(given: list[str | os.PathLike]) -> Inputs:
     """Expand the command line's INPUTs in order: a folder -> its images (effnet's folder rules, sorted),
     `*.txt|.lst|.list` -> one path or URI a line (relative paths are relative to the list's folder; blank
     lines and lines starting with '#' are ignored), `*.parquet` -> its `uri` column (and `id`, if any),
-    anything else -> one image (path or URI)."""
+    anything else -> one image (path or URI). Lists and manifests are local paths; given as URIs they
+    are refused (InputError), not classified as one broken image."""
     uris: list[str] = []
     ids: list[str | None] = []
     skipped: list[str] = []
     for item in given:
         text = os.fspath(item)
         if is_uri(text):
+            if Path(urlsplit(text).path).suffix.lower() in LIST_SUFFIXES + MANIFEST_SUFFIXES:
+                # not an image, and read as one it would become a single error row instead of the job
+                raise InputError(f"{text}: lists and manifests are read from a path on this machine; copy it "
+                                 "here or mount its store (the URIs inside them may point anywhere)")
             uris.append(text)
             ids.append(None)
             continue

@@ -9,9 +9,9 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from ..arch import DEFAULT_MODEL
-from ..errors import EffnetError, MissingEngineError
+from ..errors import EffnetError, MissingEngineError, OutputError
 from ..resolved import ResolvedModel, Weights, resolve
-from .inputs import Inputs, collect_inputs
+from .inputs import Inputs, collect_inputs, is_uri
 from .store import Row, Store, require_pyarrow, shard_bounds, shard_count
 
 ENGINES = ("local", "ray")
@@ -73,6 +73,10 @@ def run_batch(inputs: list[str | os.PathLike], output: str | os.PathLike, *, mod
             raise MissingEngineError("--engine ray needs Ray Data; install it with: pip install 'effnet[ray]'") from exc
     if shard_size < 1 or top < 1 or batch_size < 1:
         raise EffnetError("shard size, top and batch size must be >= 1")
+    if is_uri(os.fspath(output)):  # else a folder named "s3:" would appear here, and vanish with the machine
+        raise OutputError(f"--output {os.fspath(output)}: the output must be a folder on a file system this "
+                          "process writes (shards are renamed into place and the folder is locked); mount the "
+                          "store or a shared volume there, or copy the folder to the store after the job")
     listed = collect_inputs(list(inputs))
     for entry in listed.skipped:
         log(f"skipped {entry}")

@@ -2,6 +2,10 @@
 and reads and decodes its images with effnet's own code (the card's exact preprocessing, one bad file =
 one error row, no decoded images in the object store). Only the small answers come back to the driver,
 which writes the shards exactly as the local engine does.
+
+A node that dies mid-job: Ray Data's actors restart (max_restarts=-1) wherever a CPU is or becomes free (a
+replacement node, or one a finished actor releases) and retry their unfinished blocks (max_task_retries=-1);
+an answer that arrives twice is dropped by its position (job._write_shards), so shards stay exactly once.
 """
 from __future__ import annotations
 
@@ -10,6 +14,21 @@ from collections.abc import Callable, Iterator
 
 from ..resolved import ResolvedModel, Weights
 from .store import Row
+
+
+def actor_engine(kind: str, resolved: ResolvedModel, precision: str, cpus: int):
+    """The engine of an actor that holds `cpus` CPUs: its threads are those CPUs, not the node's. OpenVINO
+    and ONNX Runtime would otherwise each start a thread per core of the node, so k actors on one node would
+    run k times too many threads (Ray's OMP_NUM_THREADS, set to the actor's CPUs, reaches only PyTorch).
+    OpenVINO's threads are also left unpinned: each actor's process would pin its streams to the node's
+    first cores, so two 1-CPU actors on a 2-core node shared core 0 and left core 1 idle (0.45x measured)."""
+    from ..backends import create_backend
+
+    if kind == "torch":
+        import torch
+
+        torch.set_num_threads(cpus)
+    return create_backend(kind, resolved, precision, threads=cpus, pin_threads=False)
 
 
 class Predictor:
@@ -27,8 +46,8 @@ class Predictor:
         if resolved.weights_sha256 != weights_sha256:  # a node with another file must not answer for this job
             raise WeightsError(f"weights on node {ray.get_runtime_context().get_node_id()} have sha256 "
                                f"{resolved.weights_sha256}, the job's are {weights_sha256}")
-        self.classifier = Classifier(resolved, backend=backend, precision=precision, batch_size=batch_size,
-                                     decode_workers=decode_workers)
+        engine = actor_engine(backend, resolved, precision, decode_workers)
+        self.classifier = Classifier(resolved, backend=engine, batch_size=batch_size, decode_workers=decode_workers)
         described = self.classifier.describe()
         if (described["backend"], described["precision"]) != (backend, precision):
             raise EffnetError(f"node runs {described['backend']} {described['precision']}, the job {backend} {precision}")
@@ -57,8 +76,8 @@ def ray_rows(resolved: ResolvedModel, weights: Weights, backend: str, precision:
              cpus_per_worker: int | None = None, log: Callable[[str], None] = lambda _: None
              ) -> Iterator[tuple[Row, str]]:
     """Rows for `items` from an actor pool on the cluster at `address` (or RAY_ADDRESS; else a local Ray
-    started for this job). Each actor takes `cpus_per_worker` CPUs (default 1), which also sets its decode
-    threads; `workers` actors (default: as many as the cluster's CPUs allow)."""
+    started for this job). Each actor takes `cpus_per_worker` CPUs (default 1), which also sets its engine's
+    threads and its decode threads; `workers` actors (default: as many as the cluster's CPUs allow)."""
     import pyarrow as pa
     import ray
 
@@ -75,13 +94,20 @@ def ray_rows(resolved: ResolvedModel, weights: Weights, backend: str, precision:
         ctx.verbose_stats_logs = False
         ctx.wait_for_min_actors_s = 600  # the whole pool up before work starts: no node left idle
         cpus = cpus_per_worker or 1
+        have = ray.cluster_resources().get("CPU", 0)
         if workers is None:
-            workers = max(1, int(ray.cluster_resources().get("CPU", 1) // cpus))
+            workers = max(1, int(have // cpus))
         log(f"ray: {workers} workers x {cpus} CPUs on {len([n for n in ray.nodes() if n.get('Alive')])} nodes")
+        if workers * cpus > have:  # an autoscaler adds nodes; a fixed cluster (one lost a node) never will
+            log(f"ray: the pool needs {workers * cpus} CPUs, the cluster has {have:g} now; waiting up to "
+                f"{ctx.wait_for_min_actors_s // 60} min for nodes to join (fewer --workers start at once)")
         uri_of = dict(items)
-        # Blocks of a few batches, made here (a repartition would need CPUs that the actors hold): small
-        # enough that every actor gets work, big enough to amortise the calls.
-        step = max(batch_size, -(-len(items) // (8 * workers)))
+        # Blocks made here (a repartition would need CPUs that the actors hold): about 8 per actor, so that
+        # every actor gets work, and at most 64 engine batches each. A block is one Ray task whose answers
+        # come back when it ends: unbounded (a million inputs on 64 actors: 1954 images, 7 min of B7 on 2
+        # CPUs) the driver would hear of them in bursts, a lost node or driver would take that much work
+        # in flight with it, and the last blocks would leave other actors idle for as long.
+        step = max(batch_size, min(-(-len(items) // (8 * workers)), 64 * batch_size))
         blocks = [pa.table({"position": pa.array([p for p, _ in part], pa.int64()),
                             "uri": pa.array([u for _, u in part], pa.string())})
                   for part in (items[i:i + step] for i in range(0, len(items), step))]

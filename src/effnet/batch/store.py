@@ -12,6 +12,7 @@ Exactly once, by construction:
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import re
@@ -95,9 +96,13 @@ class Store:
             raise OutputError(f"cannot use {self.root} as the output folder: {exc}") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
+        except OSError as exc:
             os.close(fd)
-            raise OutputError(f"another effnet batch run is writing to {self.root}; wait for it or stop it") from None
+            if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise OutputError(f"another effnet batch run is writing to {self.root}; wait for it or stop it") from None
+            # ENOLCK, EOPNOTSUPP...: some network and FUSE file systems (object-store mounts) have no locks
+            raise OutputError(f"cannot lock {self.root / LOCK_FILE}: {exc.strerror or exc}; the output folder "
+                              "must be on a file system with file locks and atomic renames") from exc
         self._lock_fd = fd
         try:
             yield self

@@ -185,15 +185,57 @@ class InferenceService:
 
     async def ModelInfer(self, request, context):
         await self._guard("ModelInfer", context)
-        m = await self._call(context, self._model, request.model_name, request.model_version)
+        # A client that cancels (or whose deadline passes) cancels this coroutine: the job is dropped.
+        return await self._call(context, self._infer, request, context.time_remaining())
+
+    async def ModelStreamInfer(self, requests, context):
+        """Triton's streaming call (tritonclient's start_stream / async_stream_infer): each request of the
+        stream is answered as soon as it is done, possibly out of order (the response carries its id); a
+        request that fails answers `error_message` and the stream goes on. Requests share the model's queue
+        bound and deadlines with every other call."""
+        await self._guard("ModelStreamInfer", context)
+        answers: asyncio.Queue = asyncio.Queue()
+
+        async def answer(request):
+            try:
+                response = await self._infer(request, context.time_remaining())
+                await answers.put(pb.ModelStreamInferResponse(infer_response=response))
+            except (ProtocolError, Overloaded, Draining, DeadlineExceeded, EngineFailed) as exc:
+                failed = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version,
+                                               id=request.id)
+                await answers.put(pb.ModelStreamInferResponse(error_message=str(exc), infer_response=failed))
+
+        async def read():
+            running: set[asyncio.Task] = set()
+            try:
+                async for request in requests:
+                    task = asyncio.create_task(answer(request))
+                    running.add(task)
+                    task.add_done_callback(running.discard)
+                if running:
+                    await asyncio.wait(running)
+            finally:
+                for task in running:
+                    task.cancel()  # the client went away: its queued requests are dropped
+                await answers.put(None)
+
+        reader = asyncio.create_task(read())
+        try:
+            while (response := await answers.get()) is not None:
+                yield response
+        finally:
+            reader.cancel()
+
+    async def _infer(self, request: pb.ModelInferRequest, time_remaining: float | None) -> pb.ModelInferResponse:
+        """One request: parsed, decoded, batched, answered; raises what `_call` maps to status codes."""
+        m = self._model(request.model_name, request.model_version)
         try:
             parsed = parse_grpc_request(request, self.state.max_request_bytes)
-            deadline = m.deadline(parsed.timeout_us(), context.time_remaining())
+            deadline = m.deadline(parsed.timeout_us(), time_remaining)
         except ProtocolError as exc:
             m.failed(exc)
-            await context.abort(_status(exc), str(exc))
-        # A client that cancels (or whose deadline passes) cancels this coroutine: the job is dropped.
-        outputs = await self._call(context, m.infer, parsed, deadline)
+            raise
+        outputs = await m.infer(parsed, deadline)
         return infer_response(m, parsed, outputs)
 
     async def _call(self, context, fn, *args):
@@ -227,6 +269,9 @@ def create_server(state: ServerState, host: str, port: int, max_message_bytes: i
                                                           request_deserializer=req.FromString,
                                                           response_serializer=resp.SerializeToString)
                 for name, (req, resp) in _METHODS.items()}
+    handlers["ModelStreamInfer"] = grpc.stream_stream_rpc_method_handler(
+        service.ModelStreamInfer, request_deserializer=pb.ModelInferRequest.FromString,
+        response_serializer=pb.ModelStreamInferResponse.SerializeToString)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
     bound = server.add_insecure_port(f"{host}:{port}" if ":" not in host else f"[{host}]:{port}")
     if bound == 0:

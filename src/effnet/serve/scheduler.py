@@ -1,14 +1,17 @@
 """One scheduler per model: a bounded queue, dynamic batching into the engine, deadlines, drain.
 
-Requests arrive as uint8 crops (already decoded, in threads, by the caller). The batcher takes the oldest
-request, waits up to `max_queue_delay` for more until `max_batch_size` images are gathered, drops what
-expired or was abandoned while waiting, and runs the engine in its own thread, so the event loop stays
-free: health answers, new requests are admitted or refused, and deadlines fire on time while a batch runs.
+Requests arrive as uint8 crops (already decoded, in threads, by the caller). When the engine has room, the
+batcher takes the oldest request, waits up to `max_queue_delay` for more until `max_batch_size` images (or
+the room left) are gathered, drops what expired or was abandoned while waiting, and hands the batch to the
+engine off the event loop, so health answers, new requests are admitted or refused, and deadlines fire on
+time while batches run. A streaming engine (OpenVINO) has room whenever one of its infer requests is free,
+so batches overlap and no stream waits for another's batch; other engines run one batch at a time.
 A request's caller waits on its own future with its own deadline; an answer computed too late is dropped.
 """
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import queue
 import threading
 import time
@@ -19,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..backends.base import Backend, predictions
+from ..backends.base import Backend, StreamingBackend
 
 
 class Overloaded(Exception):
@@ -85,6 +88,8 @@ class Scheduler:
         self.stats = Stats()
         self.pending = 0      # admitted, not yet answered (decoding, queued or in the engine)
         self.incoming = 0     # admitted and still decoding: the only requests worth holding a batch for
+        self.in_flight = 0    # images handed to the engine and not yet answered
+        self._streaming = isinstance(backend, StreamingBackend)
         self.queue: deque[Job] = deque()
         self.accepting = True
         self._wake: asyncio.Event | None = None
@@ -160,14 +165,21 @@ class Scheduler:
             self.release()
 
     # ---- the batcher ----
+    def _room(self) -> int:
+        """Images the engine can start now: a streaming engine (OpenVINO's infer requests) takes the next
+        batch as soon as one of its requests frees up; any other engine runs one batch at a time."""
+        if self._streaming:
+            return max(0, self.backend.capacity - self.in_flight)
+        return self.max_batch_size if self.in_flight == 0 else 0
+
     async def _run(self) -> None:
         assert self._wake is not None
         loop = asyncio.get_running_loop()
         while True:
-            while not self.queue:
+            while not self.queue or not self._room():
                 self._wake.clear()
                 await self._wake.wait()
-            batch = await self._gather(loop)
+            batch = await self._gather(min(self.max_batch_size, self._room()))
             if not batch:
                 continue
             crops = batch[0].crops if len(batch) == 1 else np.concatenate([j.crops for j in batch])
@@ -175,25 +187,42 @@ class Scheduler:
             for j in batch:
                 self.stats.queue_count += 1
                 self.stats.queue_ns += now_ns - j.enqueued_ns
-            try:
-                probs, infer_ns = await loop.run_in_executor(self._engine, self._infer, crops)
-            except Exception as exc:  # noqa: BLE001 - reported to each caller, the server goes on
-                for j in batch:
-                    if not j.future.done():
-                        j.future.set_exception(EngineFailed(f"the engine failed: {exc}"))
+            self.in_flight += len(crops)
+            if self._streaming:
+                def done(probs, error, batch=batch, started=now_ns):  # an engine thread: hand over to the loop
+                    with contextlib.suppress(RuntimeError):  # the loop closed after a drain timeout
+                        loop.call_soon_threadsafe(self._finish, batch, probs, error, started)
+                try:
+                    await loop.run_in_executor(self._engine, self.backend.submit, crops, done)
+                except Exception as exc:  # noqa: BLE001 - the executor is gone (shutdown): `done` never comes
+                    self._finish(batch, None, exc, now_ns)
                 continue
-            self._account(len(crops), infer_ns)
-            start = 0
-            for j in batch:
-                n = len(j.crops)
-                if not j.future.done():
-                    j.future.set_result(probs[start:start + n])
-                start += n
+            try:
+                probs = await loop.run_in_executor(self._engine, self.backend.predict, crops)
+            except Exception as exc:  # noqa: BLE001 - reported to each caller, the server goes on
+                self._finish(batch, None, exc, now_ns)
+            else:
+                self._finish(batch, probs, None, now_ns)
 
-    def _infer(self, crops: np.ndarray) -> tuple[np.ndarray, int]:
-        t0 = time.perf_counter_ns()
-        probs = next(iter(predictions(self.backend, iter([crops]))))
-        return np.asarray(probs, dtype=np.float32), time.perf_counter_ns() - t0
+    def _finish(self, batch: list[Job], probs: np.ndarray | None, error: BaseException | None,
+                started_ns: int) -> None:
+        images = sum(len(j.crops) for j in batch)
+        self.in_flight -= images
+        assert self._wake is not None
+        self._wake.set()
+        if error is not None:
+            for j in batch:
+                if not j.future.done():
+                    j.future.set_exception(EngineFailed(f"the engine failed: {error}"))
+            return
+        self._account(images, time.perf_counter_ns() - started_ns)
+        probs = np.asarray(probs, dtype=np.float32)
+        start = 0
+        for j in batch:
+            n = len(j.crops)
+            if not j.future.done():
+                j.future.set_result(probs[start:start + n])
+            start += n
 
     def _account(self, images: int, infer_ns: int) -> None:
         s = self.stats
@@ -205,8 +234,9 @@ class Scheduler:
         entry[0] += 1
         entry[1] += infer_ns
 
-    async def _gather(self, loop: asyncio.AbstractEventLoop) -> list[Job]:
-        """The oldest live job, plus whatever arrives within max_queue_delay, up to max_batch_size images.
+    async def _gather(self, limit: int) -> list[Job]:
+        """The oldest live job, plus whatever arrives within max_queue_delay, up to `limit` images (a single
+        job may hold more: it goes alone).
 
         The delay is only spent while other admitted requests are still being decoded; a lone request (one
         client at a time) goes to the engine at once. Under load, requests that arrive while the engine
@@ -223,14 +253,14 @@ class Scheduler:
                     if not job.future.done():
                         job.future.cancel()
                     continue
-                if batch and images + len(job.crops) > self.max_batch_size:
+                if batch and images + len(job.crops) > limit:
                     return batch
                 self.queue.popleft()
                 batch.append(job)
                 images += len(job.crops)
                 if first_at is None:
                     first_at = now
-                if images >= self.max_batch_size:
+                if images >= limit:
                     return batch
             if not batch or self.incoming == 0:
                 return batch  # nothing else on its way: waiting would only add latency
