@@ -21,6 +21,11 @@ def pytest_configure(config) -> None:
     os.environ["EFFNET_HOME"] = str(_SESSION_HOME / "effnet")
     for var in ("XDG_CACHE_HOME", "XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_STATE_HOME"):
         os.environ[var] = str(_SESSION_HOME / var.lower())
+    # OpenVINO's converter and NNCF send usage telemetry from a forked child unless the user opted out or CI=true.
+    # Forked from this many-threaded process, the child once hung in getaddrinfo (a lock held at the fork),
+    # ignored the parent's terminate (it inherits the parent's Python SIGTERM handler, which never runs
+    # there), and multiprocessing's exit handler then waited for it forever, after every test had passed.
+    os.environ["CI"] = "true"
 
 
 def pytest_unconfigure(config) -> None:
