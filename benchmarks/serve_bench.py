@@ -95,39 +95,55 @@ def start_server(args) -> tuple[subprocess.Popen, str, str]:
     return proc, http, grpc
 
 
-def drive(protocol: str, url: str, model: str, images: list[bytes], clients: int, seconds: float) -> dict:
+def triton_client(protocol: str, url: str):
+    if protocol == "http":
+        import tritonclient.http as th
+
+        return th.InferenceServerClient(url, network_timeout=300)
+    import tritonclient.grpc as tg
+
+    return tg.InferenceServerClient(url)
+
+
+def infer_jpeg(client, protocol: str, model: str, data: bytes) -> None:
+    """One JPEG as a BYTES input, `prob` back (binary over HTTP, raw over gRPC)."""
     if protocol == "http":
         import tritonclient.http as tc
     else:
         import tritonclient.grpc as tc
+    inp = tc.InferInput("data", [1], "BYTES")
+    inp.set_data_from_numpy(np.array([data], dtype=object), **({"binary_data": True} if protocol == "http" else {}))
+    out = [tc.InferRequestedOutput("prob", **({"binary_data": True} if protocol == "http" else {}))]
+    client.infer(model, [inp], outputs=out).as_numpy("prob")
+
+
+def closed_loop(connect, send, clients: int, seconds: float) -> dict:
+    """`clients` threads, each with its own connection (`connect()`, closed after), sending one request after
+    another (`send(connection, k)`, k counting across clients; True: answered) for `seconds`. Throughput,
+    p50/p99 latency (ms) of the answered ones, and the count of the rest, errors included."""
     latencies: list[float] = []
     errors = [0]
     lock = threading.Lock()
     stop = time.monotonic() + seconds
 
-    def worker(k: int) -> None:
-        client = (tc.InferenceServerClient(url, network_timeout=300) if protocol == "http"
-                  else tc.InferenceServerClient(url))
-        i = 0
-        while time.monotonic() < stop:
-            data = images[(k + i * clients) % len(images)]
-            inp = tc.InferInput("data", [1], "BYTES")
-            if protocol == "http":
-                inp.set_data_from_numpy(np.array([data], dtype=object), binary_data=True)
-                out = [tc.InferRequestedOutput("prob", binary_data=True)]
-            else:
-                inp.set_data_from_numpy(np.array([data], dtype=object))
-                out = [tc.InferRequestedOutput("prob")]
-            t0 = time.perf_counter()
-            try:
-                client.infer(model, [inp], outputs=out).as_numpy("prob")
+    def worker(first: int) -> None:
+        connection = connect()
+        try:
+            i = 0
+            while time.monotonic() < stop:
+                t0 = time.perf_counter()
+                try:
+                    ok = send(connection, first + i * clients)
+                except Exception:  # noqa: BLE001 - counted
+                    ok = False
                 with lock:
-                    latencies.append(time.perf_counter() - t0)
-            except Exception:  # noqa: BLE001 - counted
-                with lock:
-                    errors[0] += 1
-            i += 1
-        client.close()
+                    if ok:
+                        latencies.append(time.perf_counter() - t0)
+                    else:
+                        errors[0] += 1
+                i += 1
+        finally:
+            connection.close()
 
     t0 = time.perf_counter()
     threads = [threading.Thread(target=worker, args=(k,)) for k in range(clients)]
@@ -137,10 +153,18 @@ def drive(protocol: str, url: str, model: str, images: list[bytes], clients: int
         t.join(seconds + 600)
     elapsed = time.perf_counter() - t0
     lat = np.asarray(latencies) * 1000
-    return {"protocol": protocol, "clients": clients, "requests": len(latencies), "errors": errors[0],
+    return {"clients": clients, "requests": len(latencies), "errors": errors[0],
             "throughput": len(latencies) / elapsed,
             "p50_ms": float(np.percentile(lat, 50)) if len(lat) else None,
             "p99_ms": float(np.percentile(lat, 99)) if len(lat) else None}
+
+
+def drive(protocol: str, url: str, model: str, images: list[bytes], clients: int, seconds: float) -> dict:
+    def send(client, k: int) -> bool:
+        infer_jpeg(client, protocol, model, images[k % len(images)])
+        return True
+
+    return {"protocol": protocol, **closed_loop(lambda: triton_client(protocol, url), send, clients, seconds)}
 
 
 def load_baseline(args):
@@ -172,28 +196,16 @@ def baseline(c, args, images: list[bytes]) -> dict:
 def paired_latency(c, urls: dict[str, str], model: str, images: list[bytes], count: int) -> dict:
     """One client at a time, the paths taking turns image by image (Classifier directly, then each protocol),
     so that the host's drift falls on all of them alike; the median of the per-image differences."""
-    import tritonclient.grpc as tg
-    import tritonclient.http as th
-
-    clients = {"http": th.InferenceServerClient(urls["http"], network_timeout=300),
-               "grpc": tg.InferenceServerClient(urls["grpc"])}
+    clients = {protocol: triton_client(protocol, url) for protocol, url in urls.items()}
     times: dict[str, list[float]] = {"direct": [], **{k: [] for k in urls}}
     for i in range(count):
         data = images[i % len(images)]
         t = time.perf_counter()
         c.probabilities([data])
         times["direct"].append((time.perf_counter() - t) * 1000)
-        for protocol in urls:
-            tc = th if protocol == "http" else tg
-            inp = tc.InferInput("data", [1], "BYTES")
-            if protocol == "http":
-                inp.set_data_from_numpy(np.array([data], dtype=object), binary_data=True)
-                out = [tc.InferRequestedOutput("prob", binary_data=True)]
-            else:
-                inp.set_data_from_numpy(np.array([data], dtype=object))
-                out = [tc.InferRequestedOutput("prob")]
+        for protocol, client in clients.items():
             t = time.perf_counter()
-            clients[protocol].infer(model, [inp], outputs=out).as_numpy("prob")
+            infer_jpeg(client, protocol, model, data)
             times[protocol].append((time.perf_counter() - t) * 1000)
     for client in clients.values():
         client.close()

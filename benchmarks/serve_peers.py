@@ -18,13 +18,10 @@ import site
 import socket
 import subprocess
 import sys
-import threading
 import time
 
-import numpy as np
-
 sys.path.insert(0, os.path.dirname(__file__))
-from serve_bench import NOOP_ENGINE, photos  # noqa: E402
+from serve_bench import NOOP_ENGINE, closed_loop, photos  # noqa: E402
 
 COMMON = NOOP_ENGINE + """
 import json, sys, base64, io
@@ -126,37 +123,9 @@ def start(script: str, cfg: dict, ready_url: str) -> subprocess.Popen:
 
 
 def drive(send, clients: int, seconds: float) -> dict:
-    latencies, errors, lock = [], [0], threading.Lock()
-    stop = time.monotonic() + seconds
+    import httpx
 
-    def worker(k: int) -> None:
-        import httpx
-
-        with httpx.Client(timeout=120) as c:
-            i = 0
-            while time.monotonic() < stop:
-                t0 = time.perf_counter()
-                try:
-                    ok = send(c, k + i * clients)
-                except httpx.HTTPError:
-                    ok = False
-                with lock:
-                    if ok:
-                        latencies.append(time.perf_counter() - t0)
-                    else:
-                        errors[0] += 1
-                i += 1
-
-    t0 = time.perf_counter()
-    threads = [threading.Thread(target=worker, args=(k,)) for k in range(clients)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(seconds + 300)
-    lat = np.asarray(latencies) * 1000
-    return {"throughput": len(latencies) / (time.perf_counter() - t0), "errors": errors[0],
-            "p50": float(np.percentile(lat, 50)) if len(lat) else float("nan"),
-            "p99": float(np.percentile(lat, 99)) if len(lat) else float("nan")}
+    return closed_loop(lambda: httpx.Client(timeout=120), send, clients, seconds)
 
 
 def v2_json(base: str, model: str, b64: list[str]):
@@ -223,7 +192,7 @@ def main() -> int:
     print("| server | clients | img/s | p50 ms | p99 ms | errors |")
     print("|---|---|---|---|---|---|")
     for label, clients, r in rows:
-        print(f"| {label} | {clients} | {r['throughput']:.1f} | {r['p50']:.1f} | {r['p99']:.1f} | {r['errors']} |")
+        print(f"| {label} | {clients} | {r['throughput']:.1f} | {r['p50_ms'] or float('nan'):.1f} | {r['p99_ms'] or float('nan'):.1f} | {r['errors']} |")
     return 0
 
 
