@@ -62,7 +62,8 @@ def main() -> None:
         from captum.attr import LayerGradCam
     except ImportError:
         return
-    from effnet.preprocessing import center_crop, normalize
+    from effnet.decode import center_crop
+    from effnet.preprocessing import normalize
 
     batch = torch.from_numpy(normalize(center_crop(photo, config), config)[np.newaxis])
     seconds = median_seconds(lambda: LayerGradCam(model, model.act2).attribute(batch, target=967), args.repeats)

@@ -34,7 +34,7 @@ NOOP_ENGINE = """
 import numpy as np
 
 class NoopEngine:
-    name, precision = "noop", "fp32"
+    name, precision, device, torch_module = "noop", "fp32", "cpu", None
     def settings(self):
         return {}
     def predict(self, crops):

@@ -12,18 +12,30 @@ import pytest
 import effnet.export.build as export_build
 import effnet.export.cache as export_cache
 from effnet import Classifier
-from effnet.backends import available_backends, create_backend, resolve_kind
-from effnet.cli import main
-from effnet.errors import EffnetError, MissingEngineError
+from effnet.backends import create_backend
 from effnet.backends.openvino_graph import ENGINE_REVISION
+from effnet.cache_layout import cache_dir
+from effnet.cli import main
+from effnet.decode import center_crop, load_image
+from effnet.engines import EngineOptions, available_backends, resolve_engine
+from effnet.errors import EffnetError, MissingEngineError
 from effnet.optional import require
-from effnet.preprocessing import center_crop, load_image
 from effnet.resolved import resolve
-from effnet.weights import cache_dir
 
 import openvino as ov  # noqa: E402  (the [all] extra: these tests are meant to run)
 
 LITE0 = "efficientnet_lite0"
+
+
+def make(kind, resolved, precision="fp32", *, batch="auto", calibration=None, cache_root=None):
+    """create_backend for an engine choice resolved here (on the CPU)."""
+    engine = resolve_engine(kind, precision, device="cpu", calibration=calibration,
+                            options=EngineOptions(model_batch=batch))
+    return create_backend(resolved, engine, cache_root=cache_root)
+
+
+def resolve_kind(kind, precision=None, calibration=None):
+    return resolve_engine(kind, precision, device="cpu", calibration=calibration).backend
 
 
 @pytest.fixture(scope="module")
@@ -39,7 +51,7 @@ def crops(photo_arrays) -> np.ndarray:
 
 @pytest.fixture(scope="module")
 def reference(lite0_weights, crops) -> np.ndarray:
-    return create_backend("torch", resolve(LITE0, lite0_weights)).predict(crops)
+    return make("torch", resolve(LITE0, lite0_weights)).predict(crops)
 
 
 @pytest.mark.parametrize("kind, precision, tolerance", [
@@ -51,7 +63,7 @@ def reference(lite0_weights, crops) -> np.ndarray:
 ])
 def test_backends_agree_with_pytorch_on_real_photos(kind, precision, tolerance, lite0_weights, crops, reference,
                                                     cache_root):
-    backend = create_backend(kind, resolve(LITE0, lite0_weights), precision, cache_root=cache_root)
+    backend = make(kind, resolve(LITE0, lite0_weights), precision, cache_root=cache_root)
     assert (backend.name, backend.precision) == (kind, precision)
     probs = backend.predict(crops)
     assert probs.shape == (len(crops), 1000) and probs.dtype == np.float32
@@ -67,7 +79,7 @@ def test_backends_agree_with_pytorch_on_real_photos(kind, precision, tolerance, 
 
 @pytest.mark.parametrize("batch", [1, 2, None])
 def test_openvino_streams_batches_in_order(batch, lite0_weights, crops, reference, cache_root):
-    backend = create_backend("openvino", resolve(LITE0, lite0_weights), batch=batch, cache_root=cache_root)
+    backend = make("openvino", resolve(LITE0, lite0_weights), batch=batch, cache_root=cache_root)
     picks = [[0, 1, 2], [], [3, 4, 0, 1, 2], [4], [2, 3]]  # sizes that split unevenly over the requests
     out = list(backend.predict_stream(crops[p] for p in picks))
     assert [len(o) for o in out] == [len(p) for p in picks]
@@ -81,7 +93,7 @@ def test_openvino_streams_batches_in_order(batch, lite0_weights, crops, referenc
 
 
 def test_openvino_takes_uint8_rgb_crops_and_any_batch(lite0_weights, crops, reference, cache_root):
-    backend = create_backend("openvino", resolve(LITE0, lite0_weights), cache_root=cache_root)
+    backend = make("openvino", resolve(LITE0, lite0_weights), cache_root=cache_root)
     data = backend.compiled.input(0)
     assert data.get_element_type() == ov.Type.u8 and list(data.get_shape()) == [1, 224, 224, 3]
     assert backend.compiled.get_property("INFERENCE_PRECISION_HINT") == ov.Type.f32  # not the CPU's bf16 default
@@ -93,25 +105,25 @@ def test_openvino_takes_uint8_rgb_crops_and_any_batch(lite0_weights, crops, refe
 
 @pytest.mark.parametrize("batch", [2, None])
 def test_openvino_fixed_and_dynamic_batch_irs(batch, lite0_weights, crops, reference, cache_root):
-    backend = create_backend("openvino", resolve(LITE0, lite0_weights), batch=batch, cache_root=cache_root)
+    backend = make("openvino", resolve(LITE0, lite0_weights), batch=batch, cache_root=cache_root)
     assert backend.static_batch == batch
     assert np.abs(backend.predict(crops) - reference).max() < 1e-4  # 5 = 2 + 2 + a padded 1, or 3 + 2
 
 
 def test_second_creation_hits_the_cache(lite0_weights, crops, tmp_path, monkeypatch):
-    first = create_backend("openvino", resolve(LITE0, lite0_weights), cache_root=tmp_path)
+    first = make("openvino", resolve(LITE0, lite0_weights), cache_root=tmp_path)
     (entry,) = [p for p in (tmp_path / "exports").iterdir() if p.is_dir()]
     assert entry.name.startswith(f"{LITE0}-") and f"openvino_engine{ENGINE_REVISION}-fp32-b1-v" in entry.name
     assert any((tmp_path / "openvino").iterdir())  # OpenVINO's compiled blob
     assert str(lite0_weights.resolve()) in (cache_dir() / "digests.json").read_text()  # hashed once
     monkeypatch.setattr(export_build, "export_onnx", lambda *a, **k: pytest.fail("exported again"))
     start = time.perf_counter()
-    second = create_backend("openvino", resolve(LITE0, lite0_weights), cache_root=tmp_path)
+    second = make("openvino", resolve(LITE0, lite0_weights), cache_root=tmp_path)
     print(f"warm create_backend(openvino, lite0): {time.perf_counter() - start:.2f} s")
     assert np.array_equal(second.predict(crops[:1]), first.predict(crops[:1]))
     # Other weights, precision or batch are other models: they are exported.
     with pytest.raises(pytest.fail.Exception, match="exported again"):
-        create_backend("openvino", resolve(LITE0, lite0_weights), "fp16", cache_root=tmp_path)
+        make("openvino", resolve(LITE0, lite0_weights), "fp16", cache_root=tmp_path)
 
 
 def test_cache_key_names_what_changes_the_model(lite0_weights, tmp_path):
@@ -133,7 +145,7 @@ def test_cache_key_names_what_changes_the_model(lite0_weights, tmp_path):
 
 
 def test_classifier_runs_on_openvino(lite0_weights, photo_files, cache_root):
-    backend = create_backend("openvino", resolve(LITE0, lite0_weights), cache_root=cache_root)
+    backend = make("openvino", resolve(LITE0, lite0_weights), cache_root=cache_root)
     classifier = Classifier(LITE0, lite0_weights, backend=backend, batch_size=3)
     outcomes = list(classifier.classify_iter([photo_files["coffee"], photo_files["camera"], photo_files["chelsea"]]))
     assert [o.predictions[0].label for o in outcomes[:2]] == ["espresso", "tripod"]
@@ -146,30 +158,31 @@ def test_cli_classify_with_backend(lite0_weights, photo_files, tmp_path, monkeyp
     assert "espresso" in capsys.readouterr().out
     assert main(["classify", "--model", LITE0, "--weights", str(lite0_weights), "--backend", "onnxruntime",
                  "--precision", "int8", str(photo_files["coffee"])]) == 1
-    assert "onnxruntime backend runs fp32, not int8" in capsys.readouterr().err
+    assert "onnxruntime backend runs fp32 on cpu, not --precision int8" in capsys.readouterr().err
 
 
 # ---- choosing an engine, and missing ones ------------------------------------------------------
 
-def test_auto_picks_the_fastest_installed(monkeypatch):
+def test_auto_picks_the_fastest_installed(monkeypatch, photo_files):
+    photos = photo_files["coffee"].parent
     assert available_backends() == ["openvino", "onnxruntime", "torch"]
-    assert resolve_kind("auto") == "openvino" and resolve_kind("auto", "int8") == "openvino"
+    assert resolve_kind("auto") == "openvino" and resolve_kind("auto", "int8", photos) == "openvino"
     monkeypatch.setitem(sys.modules, "openvino", None)
     assert resolve_kind("auto") == "onnxruntime" and resolve_kind("auto", "bf16") == "torch"
     with pytest.raises(EffnetError, match=r"effnet\[openvino\]"):
-        resolve_kind("auto", "int8")
+        resolve_kind("auto", "int8", photos)
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     assert resolve_kind("auto") == "torch"
 
 
 @pytest.mark.parametrize("kind, precision, message", [
-    ("onnxruntime", "int8", "onnxruntime backend runs fp32, not int8"),
-    ("torch", "fp16", "torch backend runs fp32, bf16, not fp16"),
-    ("tensorrt", "fp32", "unknown backend 'tensorrt'"),
+    ("onnxruntime", "int8", "onnxruntime backend runs fp32 on cpu, not precision=int8"),
+    ("torch", "fp16", "torch backend runs fp32, bf16 on cpu, not precision=fp16"),
+    ("tensorrt", "fp32", "unknown backend=tensorrt"),
 ])
 def test_unsupported_requests_are_refused(kind, precision, message):
     with pytest.raises(EffnetError, match=message):
-        create_backend(kind, resolve(LITE0, None), precision)
+        make(kind, resolve(LITE0, None), precision)
 
 
 @pytest.mark.parametrize("module, kind, extra", [
@@ -179,7 +192,7 @@ def test_unsupported_requests_are_refused(kind, precision, message):
 def test_missing_engine_names_its_extra(module, kind, extra, monkeypatch, tmp_path):
     monkeypatch.setitem(sys.modules, module, None)  # as if not installed
     with pytest.raises(MissingEngineError, match=rf"pip install 'effnet\[{extra}\]'"):
-        create_backend(kind, resolve(LITE0, None), cache_root=tmp_path)
+        make(kind, resolve(LITE0, None), cache_root=tmp_path)
     assert not any(tmp_path.iterdir())  # refused before exporting anything
 
 
@@ -194,11 +207,13 @@ def test_importing_effnet_needs_no_optional_engine():
             "for m in ('onnx', 'onnxruntime', 'openvino', 'nncf'): sys.modules[m] = None\n"
             "import effnet, effnet.backends, effnet.export, effnet.cli\n"
             "from effnet.backends import create_backend\n"
+            "from effnet.engines import resolve_engine\n"
             "from effnet.resolved import resolve\n"
-            "print(type(create_backend('torch', resolve('efficientnet_b0', None))).__name__)\n")
+            "engine = resolve_engine(device='cpu')\n"
+            "print(engine.backend, type(create_backend(resolve('efficientnet_b0', None), engine)).__name__)\n")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
-    assert out.stdout.strip() == "TorchBackend"
+    assert out.stdout.strip() == "torch TorchBackend"  # auto: the one engine left
 
 
 # ---- int8 through the backend ------------------------------------------------------------------
@@ -212,10 +227,10 @@ def test_openvino_int8_backend(lite0_weights, photo_arrays, crops, reference, tm
         h, w = a.shape[:2]
         y, x = rng.integers(0, h // 3), rng.integers(0, w // 3)
         Image.fromarray(np.ascontiguousarray(a[y:, x:][:, ::-1 if i % 2 else 1])).save(tmp_path / f"{i:02d}.jpg")
-    backend = create_backend("openvino", resolve(LITE0, lite0_weights), "int8", calibration=tmp_path, cache_root=cache_root)
+    backend = make("openvino", resolve(LITE0, lite0_weights), "int8", calibration=tmp_path, cache_root=cache_root)
     assert backend.precision == "int8"
     probs = backend.predict(crops)
     assert list(probs.argmax(1)[:2]) == [967, 872]
     assert 1e-4 < np.abs(probs - reference).max() < 0.2  # really quantised, still close
     with pytest.raises(EffnetError, match="calibration"):
-        create_backend("openvino", resolve(LITE0, lite0_weights), "int8", cache_root=cache_root)
+        make("openvino", resolve(LITE0, lite0_weights), "int8", cache_root=cache_root)

@@ -31,7 +31,7 @@ def job(tmp_path_factory, photo_arrays, photo_files):
     root = tmp_path_factory.mktemp("batch")
     images = make_images(root / "photos", photo_arrays)
     bad = make_bad_files(root / "photos" / "junk", photo_files["coffee"])
-    from effnet.preprocessing import image_files
+    from effnet.files import image_files
 
     files = [os.path.abspath(p) for p in image_files(root / "photos")]
     assert len(files) == len(images) + len(bad)
@@ -58,7 +58,7 @@ def test_local_rows_equal_classify_and_corrupt_files_are_error_rows(job, tmp_pat
     identity = json.loads((tmp_path / "out" / IDENTITY_FILE).read_text())
     import effnet
 
-    assert identity["model"] == "efficientnet_lite0" and identity["engine"] == "local"
+    assert identity["model"] == "efficientnet_lite0" and identity["runner"] == "local"
     assert identity["weights_sha256"] == effnet.resolve("efficientnet_lite0", "imagenet").weights_sha256
     assert identity["precision"] == "fp32" and identity["effnet_version"] == effnet.__version__
     assert identity["inputs"] == len(files) and len(identity["inputs_sha256"]) == 64
@@ -159,14 +159,15 @@ def test_ray_actor_engine_runs_on_the_actors_cpus_not_the_nodes(kind):
     are not pinned (every actor's process would pin its stream to the node's first core)."""
     import torch
 
-    from effnet.backends import default_precision
-    from effnet.batch.ray_engine import actor_engine
+    from effnet.backends import create_backend
+    from effnet.batch.ray_runner import actor_engine
+    from effnet.engines import resolve_engine
     from effnet.resolved import resolve
 
     threads = torch.get_num_threads()
     try:
-        engine = actor_engine(kind, resolve(MODEL["model"], MODEL["weights"]), default_precision(kind), 1)
-        settings = engine.settings()
+        engine = actor_engine(resolve_engine(kind, device="cpu", local=False), 1)  # as the driver sends it
+        settings = create_backend(resolve(MODEL["model"], MODEL["weights"]), engine).settings()
         assert settings["threads"] == 1, settings
         assert settings.get("streams", 1) == 1, settings
         assert settings.get("pinned", False) is False, settings

@@ -60,7 +60,7 @@ def test_sigkill_at_random_moments_then_finish_exactly_once(tmp_path, photo_arra
         for copy in ("b",):
             os.link(photo, photo.with_name(f"{photo.stem}-{copy}.jpg"))
     make_bad_files(folder / "junk", photo_files["coffee"])
-    from effnet.preprocessing import image_files
+    from effnet.files import image_files
 
     files = [os.path.abspath(p) for p in image_files(folder)]
     output, log = tmp_path / "out", tmp_path / "log.txt"

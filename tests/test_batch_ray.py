@@ -83,7 +83,7 @@ def photos(tmp_path_factory, photo_arrays, photo_files):
     folder = tmp_path_factory.mktemp("rayphotos")
     make_images(folder, photo_arrays, per_photo=4)
     make_bad_files(folder / "junk", photo_files["coffee"])
-    from effnet.preprocessing import image_files
+    from effnet.files import image_files
 
     files = [os.path.abspath(p) for p in image_files(folder)]
     return folder, files, reference(files)
@@ -99,7 +99,7 @@ def test_local_ray_rows_equal_classify(photos, scratch, tmp_path):
     table = read_dataset(out)
     assert table.column("uri").to_pylist() == files
     assert_rows_equal_reference(table, expected)
-    assert json.loads((out / "_effnet_batch.json").read_text())["engine"] == "ray"
+    assert json.loads((out / "_effnet_batch.json").read_text())["runner"] == "ray"
     # finished: the same command does nothing and says so (no Ray needed to find that out)
     again = subprocess.run(cmd.split(), capture_output=True, text=True, timeout=120)
     assert again.returncode == 1 and "nothing to do" in again.stderr
@@ -185,7 +185,7 @@ def many_photos(photos, tmp_path_factory):
             link.parent.mkdir(parents=True, exist_ok=True)
             os.link(f, link)
             original[os.path.abspath(link)] = f
-    from effnet.preprocessing import image_files
+    from effnet.files import image_files
 
     return big, [os.path.abspath(p) for p in image_files(big)], original, expected
 

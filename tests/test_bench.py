@@ -15,9 +15,13 @@ import pytest
 from PIL import Image
 
 from effnet import Classifier
-from effnet.bench import bench, bench_end_to_end, format_report, percentiles
+from effnet.bench import bench, bench_end_to_end, percentiles
 from effnet.cli import main
+from effnet.cli.bench import format_report
+from effnet.engines import EngineOptions, resolve_engine
+from effnet.files import folder_images
 from effnet.machine import machine_info
+from effnet.resolved import resolve
 
 MODEL = "efficientnet_b0"
 
@@ -108,8 +112,8 @@ def test_weights_are_named_by_sha256_in_json_and_report(weights_file, capsys):
     assert f"weights {digest[:16]}" in capsys.readouterr().out
 
 
-def test_bench_openvino_engine_only(tmp_path):
-    result = bench(MODEL, None, backend="openvino", precision="fp32", batch=2, seconds=1, cache_root=tmp_path)
+def test_bench_openvino_engine_only():
+    result = bench(resolve(MODEL, None), resolve_engine("openvino", "fp32"), batch=2, seconds=1)
     out = result.to_dict()
     check_schema(out)
     assert (out["backend"], out["precision"]) == ("openvino", "fp32")
@@ -125,17 +129,19 @@ def test_cli_bench_openvino_streams_and_hint(capsys):
     assert out["streams"] == 1 and out["engine"]["hint"] == "LATENCY"
 
 
-def test_streams_is_refused_where_the_engine_has_none():
+def test_streams_is_refused_where_the_engine_has_none(capsys):
     from effnet import EffnetError
 
-    with pytest.raises(EffnetError, match="--streams"):
-        bench(MODEL, None, backend="torch", streams=2, seconds=0.1)
+    with pytest.raises(EffnetError, match="streams= is an OpenVINO setting"):
+        resolve_engine("torch", options=EngineOptions(streams=2))
+    assert main(["bench", "--model", MODEL, "--weights", "random", "--backend", "torch", "--streams", "2"]) == 1
+    assert "--streams is an OpenVINO setting" in capsys.readouterr().err
 
 
 class UniformBackend:
     """A stand-in engine (instant), so the pipeline's own behaviour can be checked quickly."""
 
-    name, precision = "stub", "fp32"
+    name, precision, device, torch_module = "stub", "fp32", "cpu", None
 
     def __init__(self):
         self.seen = 0
@@ -160,7 +166,7 @@ def test_end_to_end_cycles_over_folder_and_reports_unreadable_file(photo_folder)
     assert run.measurement.images + run.failed > 2 * len(files)
     assert list(run.errors) == [str(broken)] and "broken.jpg" in run.errors[str(broken)]
     assert backend.seen >= run.measurement.images
-    assert classifier.backend is backend  # restored after timing
+    assert classifier.backend is backend  # timed through a wrapper: the classifier is left as it was
 
 
 def test_cli_bench_images_torch_json(photo_folder, capsys):
@@ -178,7 +184,7 @@ def test_cli_bench_images_torch_json(photo_folder, capsys):
 
 def test_bench_report_lists_unreadable_files(photo_folder):
     folder, _ = photo_folder
-    result = bench(MODEL, None, engine=UniformBackend(), batch=2, seconds=0.3, images=folder)
+    result = bench(resolve(MODEL, None), UniformBackend(), batch=2, seconds=0.3, files=folder_images(folder, "images"))
     text = format_report(result)
     assert "unreadable" in text and "broken.jpg" in text
 

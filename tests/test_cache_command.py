@@ -29,7 +29,8 @@ def filled_cache(tmp_path_factory, lite0_weights, photo_files):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("EFFNET_HOME", str(home))
         from effnet.backends import create_backend
-        from effnet.evaluate import Configuration, evaluate
+        from effnet.engines import resolve_engine
+        from effnet.evaluate import evaluate
         from effnet.export.cache import cached_onnx
         from effnet.resolved import resolve
 
@@ -48,7 +49,7 @@ def filled_cache(tmp_path_factory, lite0_weights, photo_files):
 
         resolved = resolve(LITE0, mine)  # remembers the digest in digests.json
         cached_onnx(resolved, batch=1)  # exports/<key>/model.onnx
-        create_backend("openvino", resolved, "fp32")  # exports/<engine key>/ and openvino/<blob>
+        create_backend(resolved, resolve_engine("openvino", "fp32"))  # exports/<engine key>/ and openvino/<blob>
         data = home.parent / "val"
         data.mkdir()
         lines = []
@@ -56,7 +57,7 @@ def filled_cache(tmp_path_factory, lite0_weights, photo_files):
             shutil.copyfile(photo_files[name], data / f"{name}.jpg")
             lines.append(f"{name}.jpg {967 if name == 'coffee' else 872}")
         (data / "val.txt").write_text("\n".join(lines) + "\n")
-        evaluate(data, model=resolved, configurations=[Configuration("torch", "fp32")], progress=False)
+        evaluate(data, model=resolved, engines=[resolve_engine("torch", "fp32", device="cpu")])
     return home
 
 

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from effnet.api import create_model, preprocess
+from effnet.cli.options import render
 from effnet.checkpoint import Layout, detect_layout, from_lukemelas, load_strict, to_native
 from effnet.errors import WeightsError
 from effnet.model import build_model
@@ -83,7 +84,7 @@ def test_wrong_shapes_are_listed():
 
 
 def test_unknown_layout_is_refused():
-    with pytest.raises(WeightsError, match="unrecognised checkpoint layout.*--weights PATH"):
+    with pytest.raises(WeightsError, match="unrecognised checkpoint layout.*weights=PATH"):
         detect_layout({"fc.weight": torch.zeros(2, 2)})
     # A few of our names among many foreign ones are not our layout either.
     with pytest.raises(WeightsError, match="unrecognised checkpoint layout"):
@@ -100,7 +101,7 @@ def test_timm_checkpoint_missing_one_key_is_timm_and_the_key_is_named(key):
     assert detect_layout(state) is Layout.TIMM
     with pytest.raises(WeightsError, match=rf"missing \(1\): {re.escape(key)}(;|$)") as info:
         load_strict(model, to_native(state, model.spec), source="b0.pth")
-    assert "unexpected" not in str(info.value) and "--model NAME" in str(info.value)
+    assert "unexpected" not in str(info.value) and "--model NAME" in render(info.value)  # as the CLI says it
 
 
 def test_lukemelas_checkpoint_missing_its_stem_is_still_lukemelas(lite0_weights):

@@ -76,9 +76,9 @@ def test_broken_files_in_a_batch_are_reported_and_the_rest_classified(kind, lite
 
 
 def test_default_engine_is_the_fastest_installed(classifier):
-    from effnet.backends import default_precision
+    from effnet.engines import default_precision
 
-    assert classifier.backend.name == "openvino"  # installed with effnet[all]
+    assert classifier.backend.name == "openvino"  # installed with effnet[all], on a machine without a GPU
     assert classifier.backend.precision == default_precision("openvino")
 
 
@@ -102,15 +102,16 @@ def test_decode_batches_streams_any_items_in_order_with_bounded_read_ahead(class
             taken.append(item)
             yield item
 
-    batches = classifier.decode_batches(stream(), source=lambda item: item[1])  # items of any kind
+    decoder = classifier.decoder
+    batches = decoder.batches(stream(), classifier.batch_size, source=lambda item: item[1])  # items of any kind
     first = next(batches)
-    assert len(taken) <= 2 * classifier.batch_size + classifier.decode_workers + 1  # not the whole stream
+    assert len(taken) <= 2 * classifier.batch_size + decoder.workers + 1  # not the whole stream
     decoded = [*first, *(d for batch in batches for d in batch)]
     assert len(first) == classifier.batch_size and [d.item for d in decoded] == items
-    size = classifier.config.input_size
+    size = decoder.input_size
     for d in decoded:
         if d.item[0] == "bad":
             assert d.crop is None and "bad.jpg" in d.error and "\n" not in d.error
         else:
             assert d.error is None and d.crop.shape == (size, size, 3) and d.crop.dtype == np.uint8
-            assert np.array_equal(d.crop, classifier.crop(d.item[1]))  # the same crop classify() sees
+            assert np.array_equal(d.crop, decoder.crop(d.item[1]))  # the same crop classify() sees

@@ -164,7 +164,7 @@ def test_header_and_json_fields_say_what_produced_the_results(capsys, folder, li
     assert line["weights_sha256"] == digest
     code, out, _ = run(capsys, "classify", "--model", "efficientnet_lite0", "--weights", "random", "--backend", "torch",
                        str(folder / "coffee.jpg"))
-    assert code == 0 and out.splitlines()[0] == "# efficientnet_lite0, weights random, torch fp32"
+    assert code == 0 and out.splitlines()[0] == "# efficientnet_lite0, weights random, torch fp32 on cpu"
 
 
 def test_top_beyond_the_class_count_clamps_with_a_note(capsys, folder, lite0_weights):
@@ -195,7 +195,7 @@ def test_export_output_that_cannot_be_a_folder_fails_before_any_work(capsys, tmp
 def test_folder_rule_hidden_entries_pillow_suffixes_links_and_loops(tmp_path):
     from PIL import Image
 
-    from effnet.preprocessing import expand_inputs, image_files
+    from effnet.files import expand_inputs, image_files
 
     root = tmp_path / "project"
     (root / "photos").mkdir(parents=True)
@@ -234,10 +234,14 @@ def test_classify_reports_what_it_skipped(capsys, folder, lite0_weights):
 
 
 def test_bench_reports_what_it_skips_in_its_images_folder(capsys, folder):
-    # bench (and export) list --images with folder_images; `effnet bench` passes notice as its log.
-    from effnet.cli.options import notice
-    from effnet.preprocessing import folder_images
+    # bench (and export) list --images with folder_images, which logs what it skips; the CLI shows the log.
+    from effnet.cli.options import log_to_stderr
+    from effnet.files import folder_images
 
     (folder / "gone.png").symlink_to(folder / "nowhere.png")
-    folder_images(str(folder), "--images", log=notice)
+    undo = log_to_stderr()
+    try:
+        folder_images(str(folder), "images")
+    finally:
+        undo()
     assert capsys.readouterr().err == f"effnet: skipped {folder / 'gone.png'}: broken symbolic link (to {folder / 'nowhere.png'})\n"

@@ -19,11 +19,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from effnet.cache_layout import RESULTS_FILE
+from effnet.calibration import calibration_set
 from effnet.classifier import Classifier
 from effnet.datasets import Dataset, Layout, Sample, load_dataset
 from effnet.errors import DatasetError, EffnetError
-from effnet.evaluate import (RESULTS_FILE, Configuration, Evaluation, configurations, content_sha256, evaluate,
-                             run_directory, wilson_interval)
+from effnet.evaluate import (Configuration, Evaluation, content_sha256, eval_engines, evaluate, run_directory,
+                             wilson_interval)
 from effnet.labels import imagenet_wnids
 from effnet.resolved import resolve
 
@@ -76,7 +78,12 @@ LAYOUTS = {Layout.ANNOTATIONS: make_annotations, Layout.WNID_FOLDERS: make_wnid_
 
 @pytest.fixture(scope="module")
 def classifier(lite0_weights) -> Classifier:
-    return Classifier(MODEL, lite0_weights, backend="torch", precision="fp32", batch_size=2, exif_transpose=False)
+    return Classifier(MODEL, lite0_weights, backend="torch", precision="fp32", device="cpu", batch_size=2)
+
+
+def run_with(dataset, classifier, results=None, others=()):
+    """One decoder (the checker's) and the classifier's backend, beside `others`, as `effnet eval` runs them."""
+    return Evaluation(dataset, classifier.resolved, [classifier.backend, *others], results, batch_size=2)
 
 
 @pytest.fixture
@@ -140,13 +147,13 @@ def test_loc_csv_finds_images_in_the_kaggle_tree(tmp_path, photo_files):
 def test_interrupted_run_resumes_without_counting_twice(annotated, classifier, tmp_path):
     dataset = load_dataset(annotated)
     results = tmp_path / RESULTS_FILE
-    first = Evaluation(dataset, classifier, results)
+    first = run_with(dataset, classifier, results)
     run = first.run()
     done = list(itertools.islice(run, 3))  # "Ctrl-C" after three images
     run.close()
     assert len(results.read_text().splitlines()) == 3 == len(done)
 
-    second = Evaluation(dataset, classifier, results)
+    second = run_with(dataset, classifier, results)
     assert len(second.pending()) == 6 - 3
     for _ in second.run():
         pass
@@ -156,7 +163,7 @@ def test_interrupted_run_resumes_without_counting_twice(annotated, classifier, t
     keys = [json.loads(line)["image"] for line in results.read_text().splitlines()]
     assert sorted(keys) == sorted(s.key for s in dataset.samples)  # each image stored exactly once
 
-    third = Evaluation(dataset, classifier, results)  # everything stored: nothing to do, same totals
+    third = run_with(dataset, classifier, results)  # everything stored: nothing to do, same totals
     assert third.pending() == [s for s in dataset.samples if s.key.endswith("broken.JPEG")]  # failures are retried
     assert list(third.run())[0]["image"].endswith("broken.JPEG")
     again = third.result()
@@ -166,10 +173,10 @@ def test_interrupted_run_resumes_without_counting_twice(annotated, classifier, t
 def test_torn_and_duplicate_lines_are_harmless(annotated, classifier, tmp_path):
     dataset = load_dataset(annotated)
     results = tmp_path / RESULTS_FILE
-    lines = [json.dumps(r) for r in itertools.islice(Evaluation(dataset, classifier, results).run(), 2)]
+    lines = [json.dumps(r) for r in itertools.islice(run_with(dataset, classifier, results).run(), 2)]
     # A duplicated line (say, two runs racing) and a line torn by a kill in the middle of a write.
     results.write_text("\n".join([*lines, lines[-1]]) + "\n" + lines[0][: len(lines[0]) // 2])
-    evaluation = Evaluation(dataset, classifier, results)
+    evaluation = run_with(dataset, classifier, results)
     assert len(evaluation.pending()) == 4 + sum("error" in json.loads(x) for x in lines)
     for _ in evaluation.run():
         pass
@@ -179,7 +186,7 @@ def test_torn_and_duplicate_lines_are_harmless(annotated, classifier, tmp_path):
 
 
 def test_evaluate_twice_reuses_the_run_folder(annotated, lite0_weights, tmp_path):
-    kwargs = dict(model=MODEL, weights=lite0_weights, resume_dir=tmp_path / "runs", progress=False)
+    kwargs = dict(model=MODEL, weights=lite0_weights, resume_dir=tmp_path / "runs")
     first = evaluate(annotated, **kwargs)
     second = evaluate(annotated, **kwargs)
     assert second.results_file == first.results_file and second.evaluated_now == 0
@@ -213,11 +220,11 @@ def test_run_folder_is_keyed_by_everything_that_changes_results(lite0_weights, t
         run_directory(tmp_path, lite0, [Configuration("onnxruntime")]),
         run_directory(tmp_path, lite0, [Configuration("torch", "bf16")]),
         run_directory(tmp_path, lite0, [Configuration(), Configuration("openvino")]),
-        run_directory(tmp_path, lite0, int8, calibration[0]),
-        run_directory(tmp_path, lite0, int8, calibration[1]),
+        run_directory(tmp_path, lite0, int8, calibration_set(calibration[0])),
+        run_directory(tmp_path, lite0, int8, calibration_set(calibration[1])),
     }
     assert base not in others and len(others) == 8
-    assert run_directory(tmp_path, lite0, int8, calibration[0]) in others  # the same calibration images
+    assert run_directory(tmp_path, lite0, int8, calibration_set(calibration[0])) in others  # the same images
 
 
 # ---- results you can trust: the content of every image is part of the key ------------------------
@@ -246,7 +253,7 @@ def test_replaced_images_under_the_same_names_and_labels_are_recomputed(tmp_path
     for name in FOLDER_A:
         Image.fromarray(_variant(photo_arrays, name)).save(folder_a / "imgs" / f"{name}.JPEG", quality=95)
     (folder_a / "val.txt").write_text("".join(f"imgs/{name}.JPEG {label}\n" for name, label in FOLDER_A.items()))
-    kwargs = dict(model=MODEL, weights=lite0_weights, batch_size=4, resume_dir=tmp_path / "runs", progress=False)
+    kwargs = dict(model=MODEL, weights=lite0_weights, batch_size=4, resume_dir=tmp_path / "runs")
     a = evaluate(folder_a, **kwargs)
     assert (a.count, a.top1, a.top5, a.evaluated_now) == (10, 90.0, 90.0, 10)
 
@@ -299,7 +306,7 @@ def test_limit_is_deterministic_and_stratified():
 
 
 def test_limit_in_evaluate(annotated, lite0_weights, tmp_path):
-    result = evaluate(annotated, model=MODEL, weights=lite0_weights, limit=3, resume_dir=tmp_path, progress=False)
+    result = evaluate(annotated, model=MODEL, weights=lite0_weights, limit=3, resume_dir=tmp_path)
     assert result.count + len(result.failed) == 3
 
 
@@ -308,17 +315,16 @@ def test_limit_in_evaluate(annotated, lite0_weights, tmp_path):
 class UniformBackend:
     """A stand-in second engine with a known answer: every class 1/1000 (top-5 by index: 0..4)."""
 
-    name, precision = "uniform", "fp32"
+    name, precision, device, torch_module = "uniform", "fp32", "cpu", None
 
     def predict(self, crops: np.ndarray) -> np.ndarray:
         return np.full((len(crops), 1000), 1e-3, np.float32)
 
 
 def test_configurations_run_in_lockstep_with_agreement(annotated, classifier, lite0_weights, tmp_path):
-    other = Classifier(MODEL, lite0_weights, backend=UniformBackend(), batch_size=2, exif_transpose=False)
-    evaluation = Evaluation(load_dataset(annotated), [classifier, other], tmp_path / RESULTS_FILE)
-    records = list(evaluation.run())
-    result = evaluation.result()
+    both = run_with(load_dataset(annotated), classifier, tmp_path / RESULTS_FILE, [UniformBackend()])
+    records = list(both.run())
+    result = both.result()
     torch_cfg, uniform = result.configurations
     assert (torch_cfg.count, torch_cfg.top1, torch_cfg.top5) == (COUNT, TOP1, TOP5)
     assert (uniform.top1_correct, uniform.top5_correct) == (1, 1)  # only astronaut's label 0 is in 0..4
@@ -334,28 +340,29 @@ def test_configurations_run_in_lockstep_with_agreement(annotated, classifier, li
 
 def test_torch_and_onnxruntime_agree_on_the_photos(annotated, lite0_weights, tmp_path, monkeypatch):
     monkeypatch.setenv("EFFNET_HOME", str(tmp_path / "home"))  # the exported ONNX file goes here
-    configs = configurations(["torch", "onnxruntime"], ["fp32"])
-    result = evaluate(annotated, model=MODEL, weights=lite0_weights, configurations=configs,
-                      resume_dir=tmp_path / "runs", progress=False)
+    engines = eval_engines(["torch", "onnxruntime"], ["fp32"], device="cpu")
+    result = evaluate(annotated, model=MODEL, weights=lite0_weights, engines=engines, resume_dir=tmp_path / "runs")
     assert [(c.count, c.top1, c.top5) for c in result.configurations] == [(COUNT, TOP1, TOP5)] * 2
     [agreement] = result.agreement
     assert agreement.top1 == 100.0 and agreement.max_abs_dprob < 1e-4
     assert result.results_file.parent.name.startswith("efficientnet_lite0-torch-fp32+onnxruntime-fp32-")
 
 
-def test_configurations_are_backend_by_precision_pairs_an_engine_runs():
-    assert configurations(["torch", "openvino"], ["fp32", "int8"]) == [
-        Configuration("torch", "fp32"), Configuration("openvino", "fp32"), Configuration("openvino", "int8")]
-    with pytest.raises(EffnetError, match="unknown backend 'onnx'"):
-        configurations(["torch", "onnx"], ["fp32"])
-    with pytest.raises(EffnetError, match="onnxruntime backend runs fp32, not int8"):
-        configurations(["onnxruntime"], ["int8"])
+def test_configurations_are_backend_by_precision_pairs_an_engine_runs(photo_files):
+    photos = photo_files["coffee"].parent
+    engines = eval_engines(["torch", "openvino"], ["fp32", "int8"], device="cpu", calibration=photos)
+    assert [(e.backend, e.precision) for e in engines] == [("torch", "fp32"), ("openvino", "fp32"), ("openvino", "int8")]
+    assert engines[2].calibration is not None and engines[0].calibration is None  # only int8 holds the photos
+    with pytest.raises(EffnetError, match="unknown backend=onnx"):
+        eval_engines(["torch", "onnx"], ["fp32"], device="cpu")
+    with pytest.raises(EffnetError, match="onnxruntime backend runs fp32 on cpu, not precision=int8"):
+        eval_engines(["onnxruntime"], ["int8"], device="cpu")
 
 
 def test_the_card_values_stand_beside_the_cards_own_weights_only(annotated, classifier):
     from dataclasses import replace
 
-    result = Evaluation(load_dataset(annotated), classifier).result()
+    result = run_with(load_dataset(annotated), classifier).result()
     assert "| n/a" in result.to_markdown()
     random_b7 = resolve("efficientnet_b7", None)
     official = replace(random_b7, weights_file=Path("tf_efficientnet_b7_aa-076e3472.pth"),
@@ -442,7 +449,7 @@ def test_cli_user_mistakes_exit_cleanly(tmp_path, capsys):
     assert err.startswith("effnet: error:") and "does not exist" in err and "Traceback" not in err
     assert main(["eval", "--precision", "int8", "--backend", "onnxruntime", str(tmp_path / "nowhere")]) == 1
     err = capsys.readouterr().err  # the engine is checked before the data is even looked at
-    assert err.startswith("effnet: error:") and "not int8" in err and "does not exist" not in err
+    assert err.startswith("effnet: error:") and "not --precision int8" in err and "does not exist" not in err
     for bad in (["--backend", "onnx"], ["--precision", "fp64"], ["--limit", "0"]):
         with pytest.raises(SystemExit) as exit_info:
             main(["eval", *bad, str(tmp_path)])

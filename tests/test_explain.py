@@ -14,7 +14,8 @@ import effnet
 from effnet.errors import EffnetError
 from effnet.explain import explain, gradcam, resolve_target
 from effnet.labels import imagenet_labels
-from effnet.preprocessing import center_crop, load_image, normalize
+from effnet.decode import center_crop, load_image
+from effnet.preprocessing import normalize
 
 ESPRESSO = 967
 CATS = (281, 282, 285)  # tabby, tiger cat, Egyptian cat

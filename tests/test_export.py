@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 from torch import nn
 
+from effnet.calibration import calibration_set
 from effnet.cli import main
 from effnet.errors import EffnetError
 from effnet.export import ParityError, export_model, export_onnx
@@ -22,7 +23,7 @@ from effnet.export.openvino import bgr_nchw, convert_onnx, rt_info, run_ir, save
 from effnet.export.pipeline import check_parity, verification_crops
 from effnet.export.verify import FP32_TOLERANCE, compare, example_crops, normalized_nchw, torch_probabilities
 from effnet.model import EfficientNet, build_model
-from effnet.preprocessing import center_crop, load_image
+from effnet.decode import center_crop, load_image
 from effnet.resolved import resolve
 
 import onnx  # noqa: E402  (the [all] extra: these tests are meant to run)
@@ -217,7 +218,7 @@ def test_export_model_writes_and_verifies_both(b0_weights, tmp_path):
     assert [(r.format, r.precision, r.path.name) for r in results] == [
         ("onnx", "fp32", f"{B0}.onnx"), ("openvino", "fp32", f"{B0}.xml")]
     for r in results:
-        assert r.path.exists() and r.agreement is not None and r.agreement.max_abs_diff < 1e-4
+        assert r.path.exists() and r.parity is not None and r.parity.max_abs_diff < 1e-4
     assert str(ov.Core().read_model(results[1].path).inputs[0].get_partial_shape()) == "[1,3,224,224]"
 
 
@@ -230,9 +231,9 @@ def test_export_fails_when_parity_breaks(b0_weights, tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("formats, precision, calibration, message", [
-    (("onnx",), "int8", None, "needs --format openvino"),
-    (("openvino",), "int8", None, "needs --calibration"),
-    (("tflite",), "fp32", None, "unknown format"),
+    (("onnx",), "int8", None, "needs formats=openvino"),
+    (("openvino",), "int8", None, "needs calibration=DIR"),
+    (("tflite",), "fp32", None, "unknown formats=tflite"),
 ])
 def test_export_refuses_impossible_requests(formats, precision, calibration, message, tmp_path):
     with pytest.raises(EffnetError, match=message):
@@ -262,8 +263,8 @@ def test_b7_export_matches_pytorch(photo_arrays, tmp_path):
     del model
     results = export_model(resolve(name, weights), output=tmp_path / "out", formats=("onnx", "openvino"))
     for r in results:
-        print(f"B7 {r.format}: {r.agreement}")
-        assert r.agreement.max_abs_diff < 1e-4 and r.agreement.top1 == 1.0
+        print(f"B7 {r.format}: {r.parity}")
+        assert r.parity.max_abs_diff < 1e-4 and r.parity.top1 == 1.0
     proto = onnx.load(str(results[0].path), load_external_data=False)
     assert computed_pads(proto) == [] and sum(n.op_type == "Pad" for n in proto.graph.node) >= 1
     assert [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 600, 600]
@@ -301,10 +302,10 @@ def calibration_dir(photo_arrays, tmp_path_factory):
 
 def test_int8_lite0_agrees_with_fp32(lite0_weights, calibration_dir, photo_arrays, tmp_path):
     (result,) = export_model(resolve(LITE0, lite0_weights), output=tmp_path, formats=("openvino",), precision="int8",
-                             calibration=calibration_dir)
-    print(f"Lite0 int8 vs fp32, held-out views: {result.agreement}")
-    assert result.path.name == f"{LITE0}-int8.xml" and result.agreement.count == 4 + 20  # example views + held out
-    assert result.agreement.top1 >= 0.6 and result.agreement.top5 >= 0.9
+                             calibration=calibration_set(calibration_dir))
+    print(f"Lite0 int8 vs fp32, held-out views: {result.parity}")
+    assert result.path.name == f"{LITE0}-int8.xml" and result.parity.count == 4 + 20  # example views + held out
+    assert result.parity.top1 >= 0.6 and result.parity.top5 >= 0.9
     model = ov.Core().read_model(result.path)
     assert sum(op.get_type_name() == "FakeQuantize" for op in model.get_ordered_ops()) > 20
     # The whole photos, which it never saw whole: fp32's answer wherever fp32 is not torn between two
@@ -399,8 +400,8 @@ def test_export_of_a_model_exploding_on_synthetic_inputs_is_verified_on_photos(e
     assert logits.abs().max() > 1e7  # ...where the logits explode
 
     (result,) = export_model(resolved, output=tmp_path, formats=("onnx",))  # the new check accepts it
-    assert result.agreement.count == 4 and result.agreement.max_abs_diff <= FP32_TOLERANCE
-    assert result.agreement.top1 == 1.0
+    assert result.parity.count == 4 and result.parity.max_abs_diff <= FP32_TOLERANCE
+    assert result.parity.top1 == 1.0
 
     # The old check, same file, its synthetic patterns: fp32 rounding at 1e8 decides the tie, refused.
     old = compare(torch_probabilities(model, synthetic, config),
@@ -447,5 +448,5 @@ def test_relative_difference_is_reported_and_nan_is_a_difference():
 
 
 def test_export_images_folder_must_exist(tmp_path):
-    with pytest.raises(EffnetError, match="--images"):
+    with pytest.raises(EffnetError, match="images=.*not a folder"):
         export_model(resolve(B0, None), output=tmp_path, images=tmp_path / "nowhere")

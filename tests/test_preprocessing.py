@@ -12,15 +12,10 @@ import pytest
 from PIL import Image, ImageFile
 from skimage import data as skdata
 
+from effnet.cli.options import render
+from effnet.decode import center_crop, load_image, preprocess_image
 from effnet.errors import ImageError
-from effnet.preprocessing import (
-    Interpolation,
-    PreprocessConfig,
-    center_crop,
-    load_image,
-    normalize,
-    preprocess_image,
-)
+from effnet.preprocessing import Interpolation, PreprocessConfig, normalize
 
 B7 = PreprocessConfig(600, 0.949)  # resize 632, crop 600
 B0 = PreprocessConfig(224, 0.875)  # resize 256, crop 224
@@ -368,7 +363,8 @@ class TestErrors:
         message = str(info.value)
         assert "\n" not in message and str(path) in message
         assert "10000x6000 is 60,000,000 pixels, over the limit of 50,000,000" in message
-        assert "before decoding" in message and "--max-pixels 60000000" in message
+        assert "before decoding" in message and "max_pixels=60000000" in message
+        assert "--max-pixels 60000000" in render(info.value)  # as the command line says it
 
     def test_bomb_from_test_helpers_is_refused_before_decoding(self, tmp_path):
         try:  # the shared bad-file makers (moving from badfiles.py into helpers.py)
@@ -438,7 +434,8 @@ def test_102_megapixel_photo_over_a_lower_max_pixels_is_refused_saying_how_to_al
         load_image(photo_102mp, max_pixels=50_000_000)
     message = str(info.value)
     assert "\n" not in message and str(photo_102mp) in message
-    assert "102,000,000 pixels, over the limit of 50,000,000" in message and "--max-pixels 102000000" in message
+    assert "102,000,000 pixels, over the limit of 50,000,000" in message and "max_pixels=102000000" in message
+    assert "--max-pixels 102000000" in render(info.value)
     assert load_image(photo_102mp, max_pixels=102_000_000).size == (12000, 8500)  # the limit is inclusive
 
 
@@ -447,6 +444,6 @@ def test_classifier_passes_max_pixels_to_decoding(photo_102mp):
 
     strict = Classifier("efficientnet_b0", None, backend="torch", max_pixels=50_000_000)
     (outcome,) = strict.classify_iter([photo_102mp])
-    assert outcome.predictions is None and "--max-pixels 102000000" in outcome.error
+    assert outcome.predictions is None and "--max-pixels 102000000" in render(outcome.failure)
     (outcome,) = Classifier("efficientnet_b0", None, backend="torch").classify_iter([photo_102mp])
     assert outcome.error is None and len(outcome.predictions) == 5

@@ -164,7 +164,7 @@ def test_tritonclient_http(server, classifier, jpegs, expected):
     # A tensor: the card's normalised floats, as the original model takes them.
     from effnet.preprocessing import normalize
 
-    x = normalize(classifier.crop(jpegs["coffee"]), classifier.config)[None]
+    x = normalize(classifier.decoder.crop(jpegs["coffee"]), classifier.resolved.preprocess)[None]
     i = th.InferInput("data", list(x.shape), "FP32")
     i.set_data_from_numpy(x, binary_data=True)
     r = client.infer(MODEL, [i], outputs=[th.InferRequestedOutput("prob", binary_data=True)])
@@ -263,7 +263,7 @@ def test_tritonclient_grpc(server, classifier, jpegs, expected):
     assert config.max_batch_size == 8 and list(config.input[0].dims) == [3, 224, 224]
     from effnet.preprocessing import normalize
 
-    x = normalize(classifier.crop(jpegs["coffee"]), classifier.config)[None]
+    x = normalize(classifier.decoder.crop(jpegs["coffee"]), classifier.resolved.preprocess)[None]
     i = tg.InferInput("data", list(x.shape), "FP32")
     i.set_data_from_numpy(x)
     same(client.infer(MODEL, [i]).as_numpy("prob")[0], expected["coffee"])
@@ -332,7 +332,7 @@ def test_grpc_typed_contents_as_kserve_clients_send_them(server, classifier, jpe
         infer = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
                                     request_serializer=pb.ModelInferRequest.SerializeToString,
                                     response_deserializer=pb.ModelInferResponse.FromString)
-        x = normalize(classifier.crop(jpegs["rocket"]), classifier.config)
+        x = normalize(classifier.decoder.crop(jpegs["rocket"]), classifier.resolved.preprocess)
         req = pb.ModelInferRequest(model_name=MODEL, id="typed")
         t = req.inputs.add(name="data", datatype="FP32", shape=[1, 3, 224, 224])
         t.contents.fp32_contents.extend(x.reshape(-1).tolist())
@@ -661,7 +661,7 @@ def test_kserve_clients_in_their_own_process(server, classifier, jpegs, expected
     probe = subprocess.run([sys.executable, "-c", "import kserve"], env=env, capture_output=True, timeout=120)
     if probe.returncode != 0:
         pytest.skip("kserve is not installed (pip install kserve, or EFFNET_PEERS_PATH)")
-    x = normalize(classifier.crop(jpegs["coffee"]), classifier.config)[None]
+    x = normalize(classifier.decoder.crop(jpegs["coffee"]), classifier.resolved.preprocess)[None]
     np.save(tmp_path / "x.npy", x)
     (tmp_path / "chelsea.jpg").write_bytes(jpegs["chelsea"])
     outs = [tmp_path / f"out{i}.npy" for i in range(3)]

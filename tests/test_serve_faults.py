@@ -24,7 +24,7 @@ from effnet.serve import ServeOptions, serve
 
 class SleepingEngine:
     '''A stand-in engine: `delay` seconds per batch, a probability row that encodes the crop's mean.'''
-    name, precision = "sleeping", "fp32"
+    name, precision, device, torch_module = "sleeping", "fp32", "cpu", None
     def __init__(self, delay, log):
         self.delay, self.log = delay, log
     def settings(self):

@@ -16,12 +16,14 @@ import pytest
 import torch
 
 from effnet import weights
+from effnet.cli.options import render
 from effnet.errors import WeightsError, WeightsNotFoundError
 from effnet.preprocessing import PreprocessConfig
 from effnet.checkpoint import read_state_dict
 from effnet.registry import WeightsEntry, register_weights, weights_entry
 from effnet.resolved import resolve
-from effnet.weights import cache_dir, cached_file, download, weights_dir
+from effnet.cache_layout import cache_dir
+from effnet.weights import cached_file, download, weights_dir
 
 FILENAME = "tiny_effnet-test.pth"
 
@@ -246,7 +248,7 @@ def test_offline_names_the_file_and_where_to_put_it(home):
     assert entry.url in message
     assert FILENAME in message and "ab" * 32 in message
     assert str(home / "weights") in message
-    assert "--weights PATH" in message
+    assert "weights=PATH" in message and "--weights PATH" in render(info.value)
 
 
 def test_unwritable_cache_says_what_to_do(server, tmp_path, monkeypatch, checkpoint_bytes):

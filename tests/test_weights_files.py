@@ -10,6 +10,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
+from effnet.cli.options import render
 from effnet.errors import UnknownModelError, WeightsError, WeightsNotFoundError
 from effnet.preprocessing import Interpolation, PreprocessConfig
 from effnet.checkpoint import read_state_dict
@@ -118,7 +119,7 @@ def test_text_file_as_pth_is_called_text_not_code(tmp_path, content):
     message = str(info.value)
     assert "contains code" not in message
     assert f"{path} is a text file" in message and "not a PyTorch checkpoint" in message
-    assert "--weights PATH" in message
+    assert "weights=PATH" in message and "--weights PATH" in render(info.value)  # the API's words, the CLI's
 
 
 def test_plain_pickle_is_not_called_code(tmp_path):
@@ -134,7 +135,7 @@ def test_plain_pickle_is_not_called_code(tmp_path):
 def test_code_message_names_the_refused_object(tmp_path, state):
     torch.save({**state, "x": _Payload(tmp_path / "m")}, tmp_path / "evil.pth")
     with pytest.raises(WeightsError, match=r"contains code \(pickled Python objects other than tensors: "
-                                           r"(posix|nt)\.mkdir\).*--weights PATH"):
+                                           r"(posix|nt)\.mkdir\).*weights=PATH"):
         read_state_dict(tmp_path / "evil.pth")
 
 

@@ -30,7 +30,7 @@ from effnet.bench import (
     measure,
     percentiles,
 )
-from effnet.engines import INPUT_NAME
+from effnet.contract import INPUT_NAME
 from effnet.export.cache import cached_ir, cached_onnx
 
 from .inputs import Inputs

@@ -10,13 +10,9 @@ import numpy as np
 
 from effnet import ResolvedModel
 from effnet.export.openvino import bgr_nchw
-from effnet.preprocessing import (
-    PreprocessConfig,
-    center_crop,
-    folder_images,
-    load_image,
-    normalize,
-)
+from effnet.decode import center_crop, load_image
+from effnet.files import folder_images
+from effnet.preprocessing import PreprocessConfig, normalize
 
 from .runner import log
 

@@ -5,17 +5,20 @@ import numpy as np
 
 from .arch import DEFAULT_MODEL, list_models
 from .model import EfficientNet
-from .preprocessing import ImageSource, preprocess_image
-from .resolved import ResolvedModel, Weights, resolve
+from .decode import ImageSource, preprocess_image
+from .resolved import UNSET, ResolvedModel, Weights, resolve
 
 __all__ = ["create_model", "preprocess", "list_models", "resolve"]
 
 
-def create_model(model: str | ResolvedModel = DEFAULT_MODEL, weights: Weights = None, *,
+def create_model(model: str | ResolvedModel = DEFAULT_MODEL, weights: Weights = UNSET, *,
                  input_size: int | tuple[int, int] | None = None) -> EfficientNet:
     """An eval-mode EfficientNet whose forward returns logits; `input_size` fixes its SAME pads.
-    `weights`: None/"random", "imagenet" (the official file, downloaded once) or a file path."""
-    return resolve(model, weights).create_model(input_size)
+    `weights` (with a model name): None/"random" (the default), "imagenet" (the official file, downloaded
+    once) or a file path; a ResolvedModel brings its own."""
+    if isinstance(model, ResolvedModel):
+        return resolve(model, weights).create_model(input_size)
+    return resolve(model, None if weights is UNSET else weights).create_model(input_size)
 
 
 def preprocess(image: ImageSource, model: str | ResolvedModel = DEFAULT_MODEL, *,

@@ -49,7 +49,6 @@ B0_STEM_CHANNELS = 32
 B0_HEAD_CHANNELS = 1280
 SE_RATIO = 0.25  # of the block's *input* channels
 BN_EPS = 1e-3  # TensorFlow's default, which the ported weights were trained with
-NUM_CLASSES = 1000
 
 
 @dataclass(frozen=True)

@@ -5,9 +5,10 @@
 - end to end: files from a folder, cycled, through `Classifier.classify_iter` (decode, resize, crop,
   infer, top-k), the way a user classifies a folder.
 
-Bench talks only to backends and the Classifier. Numbers on a shared machine are only as good as the
-CPU the process got: the result carries the load average and this process's CPU share so that a
-noisy run shows itself.
+Bench wraps a backend in a timer and measures it alone or inside a Classifier; it never changes the parts
+it is given. Numbers on a shared machine are only as good as the CPU the process got: the result carries
+the load average and this process's CPU share so that a noisy run shows itself. The text report is the
+command line's (cli/bench.py).
 """
 from __future__ import annotations
 
@@ -17,23 +18,25 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .arch import DEFAULT_MODEL
-from .backends.base import Backend, predictions
+from .backends import Backend, create_backend, predictions
+from .contract import weights_id
+from .engines import EngineChoice
 from .errors import EffnetError
 from .machine import cores as machine_cores
 from .machine import load_average, machine_info
-from .preprocessing import folder_images
-from .resolved import RANDOM, ResolvedModel, Weights, resolve
+from .resolved import ResolvedModel
 
 if TYPE_CHECKING:
+    from torch import nn
+
     from .classifier import Classifier
 
-__all__ = ["BenchResult", "Measurement", "bench", "bench_end_to_end", "bench_engine", "format_report",
-           "measure", "percentiles"]
+__all__ = ["BenchResult", "Measurement", "TimedBackend", "bench", "bench_end_to_end", "bench_engine", "measure",
+           "percentiles"]
 
 PERCENTILES = (50, 90, 99)
 
@@ -108,7 +111,7 @@ def bench_engine(backend: Backend, input_size: int, *, batch: int = 1, seconds: 
     Latency is per batch, from handing it to the engine to its probabilities coming back.
     """
     crops = np.random.default_rng(seed).integers(0, 256, (batch, input_size, input_size, 3), dtype=np.uint8)
-    timed = _TimedBackend(backend)
+    timed = TimedBackend(backend)
     stream = timed.predict_stream(itertools.repeat(crops))
     try:
         m = measure(lambda: (next(stream), batch)[1], seconds, warmup=warmup)
@@ -117,24 +120,29 @@ def bench_engine(backend: Backend, input_size: int, *, batch: int = 1, seconds: 
     return Measurement(m.images, m.wall_s, timed.calls[-len(m.latencies_s):], m.cpu_s)
 
 
-class _TimedBackend:
-    """A backend wrapper that records each batch's inference latency: from handing it to the engine
-    to its probabilities coming back (streamed batches overlap, as in real use)."""
+class TimedBackend:
+    """A backend wrapped to record each batch's inference latency: from handing it to the engine to its
+    probabilities coming back (streamed batches overlap, as in real use)."""
 
     def __init__(self, backend: Backend) -> None:
         self.inner = backend
         self.name = backend.name
         self.precision = backend.precision
+        self.device = backend.device
         self.calls: list[float] = []
+
+    @property
+    def torch_module(self) -> nn.Module | None:
+        return self.inner.torch_module
 
     def settings(self) -> dict:
         return self.inner.settings()
 
-    def predict(self, crops: np.ndarray) -> np.ndarray:
+    def predict(self, crops: Any) -> np.ndarray:
         (probs,) = self.predict_stream([crops])
         return probs
 
-    def predict_stream(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+    def predict_stream(self, batches: Iterable[Any]) -> Iterator[np.ndarray]:
         handed: deque[float] = deque()
 
         def timed() -> Iterator[np.ndarray]:
@@ -159,50 +167,50 @@ class EndToEnd:
 
 def bench_end_to_end(classifier: Classifier, files: Sequence[str | os.PathLike[str]], *, seconds: float = 20.0,
                      warmup: bool = True, top: int = 5) -> EndToEnd:
-    """End to end: cycle over `files` through `classifier.classify_iter` for `seconds`.
+    """End to end: cycle over `files` through `classifier`'s decoder and its backend, wrapped in a timer,
+    for `seconds` (the classifier itself is left as it is).
 
-    Decode runs in the classifier's worker threads while the backend infers, as in real use. A file
+    Decode runs in the decoder's worker threads while the backend infers, as in real use. A file
     that cannot be read is counted and reported, and the run goes on.
     """
+    from .classifier import Classifier
+
     files = [os.fspath(f) for f in files]
     if not files:
         raise EffnetError("no files to benchmark")
-    timed = _TimedBackend(classifier.backend)
-    classifier.backend = timed
-    try:
-        if warmup:  # one batch, so first-call costs (allocation, kernel selection) stay out of the numbers
-            for _ in classifier.classify_iter([files[i % len(files)] for i in range(classifier.batch_size)], top=top):
-                pass
-        timed.calls.clear()
-        handed: deque[float] = deque()  # when each source was pulled into the pipeline; outcomes come in order
-        deadline = [0.0]
+    timed = TimedBackend(classifier.backend)
+    classifier = Classifier.from_parts(classifier.resolved, classifier.decoder, timed, classifier.batch_size)
+    if warmup:  # one batch, so first-call costs (allocation, kernel selection) stay out of the numbers
+        for _ in classifier.classify_iter([files[i % len(files)] for i in range(classifier.batch_size)], top=top):
+            pass
+    timed.calls.clear()
+    handed: deque[float] = deque()  # when each source was pulled into the pipeline; outcomes come in order
+    deadline = [0.0]
 
-        def sources() -> Iterator[str]:
-            i = 0
-            while time.perf_counter() < deadline[0]:
-                handed.append(time.perf_counter())
-                yield files[i % len(files)]
-                i += 1
+    def sources() -> Iterator[str]:
+        i = 0
+        while time.perf_counter() < deadline[0]:
+            handed.append(time.perf_counter())
+            yield files[i % len(files)]
+            i += 1
 
-        latencies: list[float] = []
-        errors: dict[str, str] = {}
-        failed = images = 0
-        cpu0 = _cpu_time()
-        start = time.perf_counter()
-        deadline[0] = start + seconds
-        for outcome in classifier.classify_iter(sources(), top=top):
-            done = time.perf_counter()
-            began = handed.popleft()
-            if outcome.error is not None:
-                failed += 1
-                errors.setdefault(outcome.source, outcome.error)
-                continue
-            images += 1
-            latencies.append(done - began)
-        wall = time.perf_counter() - start
-        return EndToEnd(Measurement(images, wall, latencies, _cpu_time() - cpu0), list(timed.calls), errors, failed)
-    finally:
-        classifier.backend = timed.inner
+    latencies: list[float] = []
+    errors: dict[str, str] = {}
+    failed = images = 0
+    cpu0 = _cpu_time()
+    start = time.perf_counter()
+    deadline[0] = start + seconds
+    for outcome in classifier.classify_iter(sources(), top=top):
+        done = time.perf_counter()
+        began = handed.popleft()
+        if outcome.error is not None:
+            failed += 1
+            errors.setdefault(outcome.source, outcome.error)
+            continue
+        images += 1
+        latencies.append(done - began)
+    wall = time.perf_counter() - start
+    return EndToEnd(Measurement(images, wall, latencies, _cpu_time() - cpu0), list(timed.calls), errors, failed)
 
 
 # ---- the result -------------------------------------------------------------------------------
@@ -216,6 +224,7 @@ class BenchResult:
     weights_sha256: str | None  # the weights' identity, as in the export caches; None: random weights
     backend: str
     precision: str
+    device: str  # cpu or cuda:N (the GPU's name is in `engine`)
     batch: int  # images per backend call
     throughput_ips: float
     latency_ms: dict[str, float]  # engine: per batch, handed -> result; end-to-end: per image, file handed -> result
@@ -226,6 +235,7 @@ class BenchResult:
     files: int | None = None
     failed: int = 0
     errors: dict[str, str] = field(default_factory=dict)
+    decode: str | None = None  # end to end: exact (Pillow) or gpu
     decode_workers: int | None = None
     cpu_share: float | None = None
     load_before: float | None = None
@@ -235,7 +245,7 @@ class BenchResult:
     @property
     def weights_id(self) -> str:
         """The weights in a report line: the sha256's first 16 hex digits, or 'random'."""
-        return self.weights_sha256[:16] if self.weights_sha256 else RANDOM
+        return weights_id(self.weights_sha256)
 
     @property
     def streams(self) -> int | None:
@@ -251,111 +261,44 @@ class BenchResult:
         return out
 
 
-RequestBatch = int | None | Literal["auto"]  # the exported model's batch, as create_backend takes it
+def bench(resolved: ResolvedModel, engine: EngineChoice | Backend, *, batch: int | None = None,
+          seconds: float = 20.0, files: Sequence[str | os.PathLike[str]] | None = None, decode: str = "exact",
+          decode_workers: int | None = None) -> BenchResult:
+    """Benchmark `resolved` on `engine` (an EngineChoice, built here, or a ready Backend): engine-only, or end
+    to end over `files` (cycled). The result names the weights by their sha256, as every other output does.
 
-
-def make_backend(kind: str, resolved: ResolvedModel, precision: str | None, *, hint: str = "THROUGHPUT",
-                 streams: int | None = None, threads: int | None = None, request_batch: RequestBatch = "auto",
-                 calibration: str | os.PathLike[str] | None = None,
-                 cache_root: str | os.PathLike[str] | None = None,
-                 log: Callable[[str], None] = lambda _: None) -> Backend:
-    """A backend through `backends.create_backend`; `streams` is refused where the engine has none."""
-    from .backends import create_backend, resolve_kind
-
-    if streams is not None and resolve_kind(kind, precision) != "openvino":
-        raise EffnetError(f"--streams is an OpenVINO setting; the {kind} backend has no streams")
-    return create_backend(kind, resolved, precision, batch=request_batch, calibration=calibration,
-                          hint=hint, streams=streams, threads=threads, cache_root=cache_root, log=log)
-
-
-def bench(model: str | ResolvedModel = DEFAULT_MODEL, weights: Weights = "imagenet", *, backend: str = "auto",
-          precision: str | None = None, batch: int = 8, streams: int | None = None, hint: str = "THROUGHPUT",
-          threads: int | None = None, seconds: float = 20.0, images: str | os.PathLike[str] | None = None,
-          decode_workers: int | None = None, request_batch: RequestBatch = "auto",
-          calibration: str | os.PathLike[str] | None = None, cache_root: str | os.PathLike[str] | None = None,
-          engine: Backend | None = None, log: Callable[[str], None] = lambda _: None) -> BenchResult:
-    """Benchmark `model` with `weights` on `backend` at `precision`: engine-only, or end to end over the
-    `images` folder. The result names the weights by their sha256, as every other output does.
-
-    `batch` is the number of images per backend call (the Classifier's batch size); an OpenVINO
-    backend spreads one call over its infer requests (one per stream), so `batch` >= streams keeps
-    every stream busy. `request_batch`: the exported model's batch (create_backend's `batch`; "auto":
-    1 for OpenVINO, one image per infer request).
-    `engine`: an already built backend (then backend/precision/streams/threads are its own).
+    `batch` is the number of images per backend call (default: the engine's, 8 on CPUs, 64 on a GPU); an
+    OpenVINO backend spreads one call over its infer requests (one per stream), so `batch` >= streams keeps
+    every stream busy. `decode`: how files are decoded end to end ("exact" Pillow, or "gpu").
     """
     if seconds <= 0:
-        raise EffnetError(f"--seconds must be > 0, got {seconds}")
-    files = folder_images(images, "--images", log) if images is not None else None
-    if engine is None:
-        from .backends import resolve_kind
-
-        resolve_kind(backend, precision)  # a missing engine fails before any download or build
-    resolved = resolve(model, weights)
+        raise EffnetError(f"seconds={seconds}: give a positive duration", params=("seconds",))
     load_before = load_average()
-    if engine is None:
-        engine = make_backend(backend, resolved, precision, hint=hint, streams=streams, threads=threads,
-                              request_batch=request_batch, calibration=calibration, cache_root=cache_root, log=log)
-    common = {"model": resolved.name, "weights_sha256": resolved.weights_sha256, "backend": engine.name,
-              "precision": engine.precision, "batch": batch, "engine": engine.settings()}
+    if isinstance(engine, EngineChoice):
+        batch = batch or engine.batch_size
+        backend = create_backend(resolved, engine)
+    else:
+        backend = engine
+    batch = batch or 8
+    settings = backend.settings()
+    common = {"model": resolved.name, "weights_sha256": resolved.weights_sha256, "backend": backend.name,
+              "precision": backend.precision, "device": backend.device, "batch": batch, "engine": settings}
     if files is None:
-        m = bench_engine(engine, resolved.input_size, batch=batch, seconds=seconds)
+        m = bench_engine(backend, resolved.input_size, batch=batch, seconds=seconds)
         result = BenchResult(mode="engine", throughput_ips=m.throughput, latency_ms=percentiles(m.latencies_s),
                              images=m.images, seconds=m.wall_s, cpu_share=m.cpu_share, **common)
     else:
-        from .classifier import Classifier
+        from .classifier import Classifier, make_decoder
 
-        classifier = Classifier(resolved, backend=engine, batch_size=batch, decode_workers=decode_workers)
+        decoder = make_decoder(decode, resolved, backend, workers=decode_workers)
+        classifier = Classifier.from_parts(resolved, decoder, backend, batch)
         run = bench_end_to_end(classifier, files, seconds=seconds)
         m = run.measurement
         result = BenchResult(mode="end-to-end", throughput_ips=m.throughput, latency_ms=percentiles(m.latencies_s),
                              images=m.images, seconds=m.wall_s, cpu_share=m.cpu_share,
                              infer_latency_ms=percentiles(run.infer_latencies_s), files=len(files),
-                             failed=run.failed, errors=run.errors, decode_workers=classifier.decode_workers,
-                             **common)
+                             failed=run.failed, errors=run.errors, decode=decoder.describe()["decode"],
+                             decode_workers=decoder.workers, **common)
     result.load_before, result.load_after = load_before, load_average()
     result.machine = machine_info()
     return result
-
-
-# ---- the report -------------------------------------------------------------------------------
-
-def _ms(lat: dict[str, float]) -> str:
-    return "  ".join(f"p{p} {lat[f'p{p}']:.1f} ms" for p in PERCENTILES)
-
-
-def format_report(r: BenchResult) -> str:
-    """The human-readable report `effnet bench` prints."""
-    what = ("engine-only (random uint8 crops)" if r.mode == "engine"
-            else f"end to end ({r.files} files, decode + preprocess + infer + top-k)")
-    e = r.engine
-    lines = [f"effnet bench: {r.model} (weights {r.weights_id}), {r.backend} {r.precision}, {what}",
-             f"  throughput  {r.throughput_ips:.3f} img/s  ({r.images} images in {r.seconds:.1f} s)"]
-    if r.mode == "engine":
-        lines.append(f"  latency     {_ms(r.latency_ms)}  "
-                     f"(per batch of {r.batch} images, handed to the engine -> result)")
-    else:
-        lines.append(f"  latency     {_ms(r.latency_ms)}  (per image, file handed over -> prediction)")
-        if r.infer_latency_ms:
-            lines.append(f"  inference   {_ms(r.infer_latency_ms)}  "
-                         f"(per batch of up to {r.batch} images, handed to the engine -> result)")
-        if r.failed:
-            lines.append(f"  unreadable  {len(r.errors)} file(s), {r.failed} failed attempts:")
-            lines.extend(f"    {msg}" for msg in r.errors.values())
-    parts = [f"hint {e['hint']}" if "hint" in e else None,
-             f"{e['streams']} stream(s)" if "streams" in e else None,
-             f"{e['threads']} thread(s)" if "threads" in e else None,
-             f"{e['infer_requests']} infer requests" if "infer_requests" in e else None,
-             f"request batch {e['request_batch']}" if "request_batch" in e else None,
-             f"computes in {e['inference_precision']}" if "inference_precision" in e else None,
-             f"{r.decode_workers} decode threads" if r.decode_workers else None]
-    lines.append(f"  engine      {', '.join(p for p in parts if p)}")
-    m = r.machine
-    lines.append(f"  machine     {m.get('cpu')}, {m.get('cores')} cores, {m.get('memory_gib', '?')} GiB; "
-                 f"{' '.join(m.get('isa', [])) or 'no AVX-512'}")
-    lines.append("  versions    " + ", ".join(f"{k} {v}" for k, v in m.get("versions", {}).items())
-                 + f", python {m.get('python')}")
-    busy = r.load_before is not None and r.load_before > 0.5
-    share = f"this process used {100 * r.cpu_share:.0f}% of the CPU" if r.cpu_share is not None else ""
-    lines.append(f"  noise       load average {r.load_before} before, {r.load_after} after; {share}"
-                 + ("  (other work was running: numbers are noisy)" if busy else ""))
-    return "\n".join(lines)

@@ -1,17 +1,8 @@
 """What effnet's cache holds, and taking things out of it: list, remove by name, prune to a size.
 
-The cache root is `weights.cache_dir()` ($EFFNET_HOME). Its layout, written by the modules named:
-
-    weights/<file>              official weights (weights.py), with <file>.verified (its checked sha256),
-                                <file>.part (a download to resume) and <file>.rejected[N] (a wrong file set aside)
-    exports/<key>/              ONNX and IR files, one folder per model/weights/format/precision/batch
-                                (export/cache.py); `.<key>.*` folders are builds in progress or killed
-    openvino/<blob>             OpenVINO's compiled-model cache (backends/__init__.py)
-    eval/<run>/                 resumable `effnet eval` runs (evaluate/store.py)
-    digests.json                sha256 of weights files by their identity (weights.file_sha256)
-
-Exports, blobs and eval runs are derived: deleting them costs only time. Weights files may be the
-user's own (a file put there by hand, a 267 MB download), so pruning leaves them unless asked.
+The layout (which folder holds what, and who writes it) is described once, in cache_layout.py.
+Exports, blobs, compiled code and eval runs are derived: deleting them costs only time. Weights files may
+be the user's own (a file put there by hand, a 267 MB download), so pruning leaves them unless asked.
 """
 from __future__ import annotations
 
@@ -24,15 +15,16 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from . import cache_layout as layout
+from .cache_layout import cache_dir
 from .errors import EffnetError
-from .weights import cache_dir
 
 WEIGHTS, REJECTED, PARTIAL = "weights", "rejected-weights", "partial-download"
 EXPORT, UNFINISHED = "export", "unfinished-export"
-BLOB, EVAL_RUN, DIGESTS, OTHER = "openvino-blob", "eval-run", "digests", "other"
-KINDS = (WEIGHTS, REJECTED, PARTIAL, EXPORT, UNFINISHED, BLOB, EVAL_RUN, DIGESTS, OTHER)
+BLOB, COMPILED, EVAL_RUN, DIGESTS, OTHER = "openvino-blob", "compiled-code", "eval-run", "digests", "other"
+KINDS = (WEIGHTS, REJECTED, PARTIAL, EXPORT, UNFINISHED, BLOB, COMPILED, EVAL_RUN, DIGESTS, OTHER)
 WEIGHT_KINDS = frozenset({WEIGHTS, REJECTED, PARTIAL})  # pruned only with include_weights
-DERIVED_KINDS = frozenset({EXPORT, UNFINISHED, BLOB, EVAL_RUN})  # rebuilt on demand: pruned first
+DERIVED_KINDS = frozenset({EXPORT, UNFINISHED, BLOB, COMPILED, EVAL_RUN})  # rebuilt on demand: pruned first
 # An unfinished export touched this recently may be a build running in another process: not pruned.
 BUILD_GRACE_S = 3600.0
 
@@ -76,16 +68,18 @@ def cache_entries(root: str | os.PathLike[str] | None = None) -> list[CacheEntry
         return []
     entries: list[CacheEntry] = []
     for child in sorted(root.iterdir()):
-        if child.name == "weights" and child.is_dir():
+        if child.name == layout.WEIGHTS and child.is_dir():
             entries.extend(_weights_entries(root, child))
-        elif child.name == "exports" and child.is_dir():
+        elif child.name == layout.EXPORTS and child.is_dir():
             entries.extend(_each(root, child, lambda p: (UNFINISHED, "build in progress or interrupted")
                                  if p.name.startswith(".") else (EXPORT, _files_of(p))))
-        elif child.name == "openvino" and child.is_dir():
+        elif child.name == layout.OPENVINO and child.is_dir():
             entries.extend(_each(root, child, lambda p: (BLOB, "compiled model")))
-        elif child.name == "eval" and child.is_dir():
+        elif child.name == layout.COMPILED and child.is_dir():
+            entries.extend(_each(root, child, lambda p: (COMPILED, "torch.compile's code for one engine")))
+        elif child.name == layout.EVAL and child.is_dir():
             entries.extend(_each(root, child, lambda p: (EVAL_RUN, _describe_run(p))))
-        elif child.name == "digests.json" and child.is_file():
+        elif child.name == layout.DIGESTS and child.is_file():
             entries.append(_entry(root, [child], DIGESTS, _describe_digests(child)))
         else:
             entries.append(_entry(root, [child], OTHER, "not written by effnet"))
@@ -218,17 +212,18 @@ def _files(path: Path) -> Iterator[Path]:
 
 
 def _files_of(folder: Path) -> str:
-    names = sorted(p.name for p in folder.iterdir() if p.name != "complete") if folder.is_dir() else []
+    names = sorted(p.name for p in folder.iterdir() if p.name != layout.EXPORT_DONE) if folder.is_dir() else []
     return ", ".join(names[:4]) + (", ..." if len(names) > 4 else "")
 
 
 def _describe_run(folder: Path) -> str:
-    """'efficientnet_b7 torch-fp32, openvino-fp32: 1200 images done' from the run's run.json and results."""
+    """'efficientnet_b7 torch-fp32, openvino-fp32: 1200 images done of 50000, <dataset>' from the run's
+    run.json (evaluate/store.py writes it) and its results."""
     try:
-        run = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+        run = json.loads((folder / layout.RUN_FILE).read_text(encoding="utf-8"))
         done = 0
-        if (folder / "results.jsonl").exists():
-            with open(folder / "results.jsonl", "rb") as results:
+        if (folder / layout.RESULTS_FILE).exists():
+            with open(folder / layout.RESULTS_FILE, "rb") as results:
                 done = sum(1 for line in results if line.strip())
         configurations = ", ".join(c if isinstance(c, str) else "-".join(map(str, c))
                                    for c in run.get("configurations", []))

@@ -44,8 +44,8 @@ def detect_layout(state_dict: Mapping[str, torch.Tensor]) -> Layout:
         return best
     sample = ", ".join(list(state_dict)[:3]) or "no tensors"
     raise WeightsError(f"unrecognised checkpoint layout (first keys: {sample}); expected the weights of an "
-                       "EfficientNet in timm/geffnet or lukemelas/EfficientNet-PyTorch layout: pass such a file "
-                       "with --weights PATH, or --weights imagenet for the official ones")
+                       "EfficientNet in timm/geffnet or lukemelas/EfficientNet-PyTorch layout: give such a file "
+                       "as weights=PATH, or weights=imagenet for the official ones", params=("weights",))
 
 
 # lukemelas names per block kind; the flat block index becomes (stage, index in stage).
@@ -103,8 +103,8 @@ def load_strict(model: nn.Module, state_dict: dict[str, torch.Tensor], source: s
                  for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", wrong))
                  if items]
         raise WeightsError(f"{source} does not fit {getattr(model, 'spec', None) and model.spec.variant.name or 'the model'}: "
-                           + "; ".join(parts) + "; choose the variant these weights belong to with --model NAME, "
-                           "or pass weights for this one with --weights PATH")
+                           + "; ".join(parts) + "; choose the variant these weights belong to with model=NAME, "
+                           "or give weights for this one as weights=PATH", params=("model", "weights"))
     model.load_state_dict(state_dict, strict=True)
 
 
@@ -124,7 +124,8 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     """
     path = Path(path)
     if not path.is_file():
-        raise WeightsNotFoundError(f"weights file {path} does not exist; pass an existing file with --weights PATH")
+        raise WeightsNotFoundError(f"weights file {path} does not exist; give an existing file as weights=PATH",
+                                   params=("weights",))
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
         from safetensors import SafetensorError
@@ -133,13 +134,14 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         try:
             raw: object = load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as exc:
-            raise WeightsError(f"{path} is not a valid safetensors file ({exc}); {_USE_INSTEAD}") from exc
+            raise WeightsError(f"{path} is not a valid safetensors file ({exc}); {_USE_INSTEAD}",
+                               params=("weights",)) from exc
     elif suffix in _PICKLE_SUFFIXES:
         raw = _torch_load(path)
     else:
         raise WeightsError(
             f"{path}: unsupported weights format {suffix or '(no extension)'}; pass a .safetensors or "
-            f"{', '.join(sorted(_PICKLE_SUFFIXES))} file with --weights PATH"
+            f"{', '.join(sorted(_PICKLE_SUFFIXES))} file as weights=PATH", params=("weights",)
         )
     return _tensors(_unwrap(raw), path)
 
@@ -151,11 +153,11 @@ def _torch_load(path: Path) -> object:
         with context:
             return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch reports garbage as UnpicklingError, KeyError, EOFError, RuntimeError, ...
-        raise WeightsError(_why_unreadable(path, exc)) from exc
+        raise WeightsError(_why_unreadable(path, exc), params=("weights",)) from exc
 
 
-_USE_INSTEAD = ("pass a file written by torch.save(model.state_dict(), ...) or safetensors with --weights PATH, "
-                "or --weights imagenet for the official weights")
+_USE_INSTEAD = ("give a file written by torch.save(model.state_dict(), ...) or safetensors as weights=PATH, "
+                "or weights=imagenet for the official weights")
 _ZIP_MAGIC = b"PK\x03\x04"
 _PICKLE_PROTO = 0x80  # the first byte of every pickle of protocol 2 or later (torch.save writes 2)
 _GLOBAL_IN_ERROR = re.compile(r"GLOBAL ([\w.]+)")
@@ -184,7 +186,7 @@ def _why_unreadable(path: Path, exc: Exception) -> str:
     if isinstance(exc, pickle.UnpicklingError) and refused:
         return (f"{path} contains code (pickled Python objects other than tensors: {', '.join(refused[:3])}) and "
                 "was not loaded. Convert it where you trust it with torch.save(model.state_dict(), ...) or "
-                "safetensors, then pass the new file with --weights PATH")
+                "safetensors, then give the new file as weights=PATH")
     return (f"{path} is a Python pickle but not a PyTorch checkpoint (saved with pickle rather than torch.save?) "
             f"({_short(exc)}); {_USE_INSTEAD}")
 

@@ -1,30 +1,28 @@
-"""Classifier: images -> centre crops -> backend -> probabilities -> top-k labelled predictions."""
+"""Classifier = Decoder + Backend + labels: images -> crops -> probabilities -> top-k labelled predictions."""
 from __future__ import annotations
 
 import contextlib
 import os
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Generic, NamedTuple, TypeVar
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
 
 from .arch import DEFAULT_MODEL
-from .backends import Backend, create_backend
-from .backends.base import predictions
+from .backends import Backend, create_backend, predictions
+from .contract import ranked
+from .decode import Decoded, Decoder, EncodedImage, ImageSource, PillowDecoder, chunks
+from .engines import AUTO, EngineChoice, EngineOptions, graph_batch_sizes, resolve_engine
 from .errors import EffnetError
 from .labels import imagenet_labels
-from .preprocessing import EncodedImage, ImageSource, center_crop, load_image
-from .resolved import ResolvedModel, Weights, resolve
+from .resolved import UNSET, ResolvedModel, Weights, resolve
 
 if TYPE_CHECKING:
-    from .explain import Explanation
+    from .explain import Explainer, Explanation
 
-
-T = TypeVar("T")
-R = TypeVar("R")
+DECODERS = ("exact", "gpu")
 
 
 class Prediction(NamedTuple):
@@ -34,21 +32,16 @@ class Prediction(NamedTuple):
 
 
 @dataclass(frozen=True)
-class Decoded(Generic[T]):
-    """One item of a decode stream: its (S, S, 3) uint8 crop, or why it has none."""
-
-    item: T
-    crop: np.ndarray | None = None
-    error: str | None = None
-
-
-@dataclass(frozen=True)
 class Outcome:
-    """One input of a stream: its predictions, or why it could not be classified."""
+    """One input of a stream: its predictions, or the failure that says why it could not be classified."""
 
     source: str
     predictions: list[Prediction] | None = None
-    error: str | None = None
+    failure: EffnetError | None = None
+
+    @property
+    def error(self) -> str | None:
+        return None if self.failure is None else str(self.failure)
 
 
 def describe(source: ImageSource) -> str:
@@ -57,95 +50,94 @@ def describe(source: ImageSource) -> str:
     return os.fspath(source) if isinstance(source, (str, os.PathLike)) else f"<{type(source).__name__}>"
 
 
-def bounded_map(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T], ahead: int) -> Iterator[R]:
-    """pool.map, in order, but with at most `ahead` items in flight: a million files never sit in memory."""
-    pending: deque[Future[R]] = deque()
-    for item in items:
-        pending.append(pool.submit(fn, item))
-        if len(pending) >= ahead:
-            yield pending.popleft().result()
-    while pending:
-        yield pending.popleft().result()
-
-
 class Classifier:
-    """ImageNet-1k classification with one of the family's models (B7, the card's, by default), on
-    the fastest installed engine by default (OpenVINO, when effnet[openvino] is installed).
+    """ImageNet-1k classification with one of the family's models (B7, the card's, by default): a decoder
+    (the accuracy checker's exact pipeline, or one on the GPU) feeding a backend (the fastest installed for the
+    device by default: OpenVINO on CPUs, PyTorch compiled on an NVIDIA GPU), and the labels.
 
     Photos are turned upright by their EXIF orientation first (`exif_transpose=False` keeps the
     accuracy checker's exact behaviour, as `effnet eval` does).
     """
 
-    def __init__(self, model: str | ResolvedModel = DEFAULT_MODEL, weights: Weights = "imagenet", *,
-                 backend: str | Backend = "auto", precision: str | None = None,
-                 calibration: str | os.PathLike | None = None, batch_size: int = 8,
-                 exif_transpose: bool = True, decode_workers: int | None = None,
-                 log: Callable[[str], None] = lambda _: None, max_pixels: int | None = None) -> None:
-        """`model`: a name (resolved here, once, with `weights`: "imagenet", a path, or None/"random")
-        or a ResolvedModel. `backend`: an engine name (torch, onnxruntime, openvino, or auto: the
-        fastest installed) run at `precision` (None: the engine's default, bf16 for OpenVINO on CPUs
-        that have it), or a ready Backend. `calibration`: an image folder, for int8. `log` hears one
-        line before long work (the first build of an engine model)."""
-        if isinstance(backend, str):
-            from .backends import resolve_kind
+    def __init__(self, model: str | ResolvedModel = DEFAULT_MODEL, weights: Weights = UNSET, *,
+                 backend: str | EngineChoice | Backend = AUTO, precision: str | None = None, device: str = AUTO,
+                 calibration: str | os.PathLike | None = None, batch_size: int | None = None,
+                 exif_transpose: bool = True, decode_workers: int | None = None, max_pixels: int | None = None,
+                 decode: str | Decoder = "exact") -> None:
+        """`model`: a name (resolved here, once, with `weights`: "imagenet" (default), a path, or None/"random")
+        or a ResolvedModel. `backend`: an engine name (torch, onnxruntime, openvino, or auto) run on `device`
+        (auto, cpu, cuda, cuda:N) at `precision` (None: the engine's default there), an EngineChoice, or a
+        ready Backend. `calibration`: an image folder, for int8. `batch_size`: images per engine call
+        (default: 8 on CPUs, 64 on a GPU). `decode`: "exact" (the checker's Pillow pipeline) or "gpu"
+        (nvJPEG and resizing on the GPU: faster, not pixel-exact), or a Decoder."""
+        engine = None
+        if isinstance(backend, (str, EngineChoice)):
+            if isinstance(backend, str):  # the top for a Python caller: the CUDA graphs follow the batch size
+                options = EngineOptions(batch_sizes=graph_batch_sizes(batch_size) if batch_size else ())
+                backend = resolve_engine(backend, precision, device=device, calibration=calibration, options=options)
+            engine = backend  # a missing engine or a GPU that is not there fails before any download
+        resolved = resolve(model, weights)
+        if engine is not None:
+            backend = create_backend(resolved, engine)
+        if isinstance(decode, str):
+            decode = make_decoder(decode, resolved, backend, exif_transpose=exif_transpose, max_pixels=max_pixels,
+                                  workers=decode_workers)
+        self._init(resolved, decode, backend, batch_size or (engine.batch_size if engine else 8))
 
-            resolve_kind(backend, precision)  # a missing engine or precision fails before any download
-        self.resolved = resolve(model, weights)
-        self.config = self.resolved.preprocess
-        if isinstance(backend, str):
-            backend = create_backend(backend, self.resolved, precision, calibration=calibration, log=log)
+    @classmethod
+    def from_parts(cls, resolved: ResolvedModel, decoder: Decoder, backend: Backend, batch_size: int) -> Classifier:
+        """A Classifier over parts built elsewhere (a benchmark's timed backend, a server's decoder)."""
+        classifier = cls.__new__(cls)
+        classifier._init(resolved, decoder, backend, batch_size)
+        return classifier
+
+    def _init(self, resolved: ResolvedModel, decoder: Decoder, backend: Backend, batch_size: int) -> None:
+        self.resolved = resolved
+        self.decoder = decoder
         self.backend = backend
         self.batch_size = batch_size
-        self.exif_transpose = exif_transpose
-        self.max_pixels = max_pixels  # files over it are refused undecoded; None: Pillow's threshold (load_image)
-        self.decode_workers = decode_workers or min(4, os.cpu_count() or 1)
         self.labels = imagenet_labels()
-        self._gradient_model = None  # built on the first explain() where the engine is not torch
+        self._explainer: Explainer | None = None
 
     @property
     def name(self) -> str:
         return self.resolved.name
 
-    def describe(self) -> dict[str, str | None]:
-        """Which model, weights, engine and precision answer: what every output should carry."""
-        return {**self.resolved.describe(), "backend": self.backend.name, "precision": self.backend.precision}
-
-    def crop(self, image: ImageSource) -> np.ndarray:
-        """Decode one input and cut the (S, S, 3) uint8 crop the backend takes."""
-        return center_crop(load_image(image, exif_transpose=self.exif_transpose, max_pixels=self.max_pixels), self.config)
+    def describe(self) -> dict[str, Any]:
+        """Which model, weights, engine, precision, device and decoder answer: what every output carries."""
+        out = {**self.resolved.describe(), "backend": self.backend.name, "precision": self.backend.precision,
+               "device": self.backend.device}
+        settings = self.backend.settings()
+        if "gpu" in settings:
+            out["gpu"] = settings["gpu"]
+        return {**out, **self.decoder.describe()}
 
     def top_k(self, probs: np.ndarray, top: int) -> list[list[Prediction]]:
-        top = max(1, min(top, probs.shape[1]))
-        order = np.argsort(-probs, axis=1, kind="stable")[:, :top]
-        return [[Prediction(int(i), self.labels[i], float(p[i])) for i in row] for p, row in zip(probs, order)]
+        return [[Prediction(int(i), self.labels[i], float(p[i])) for i in row]
+                for p, row in zip(probs, ranked(probs, top))]
 
     def explain(self, image: ImageSource, target: int | str | None = None) -> Explanation:
         """Grad-CAM of `target` (a class index or label; None: the top-1) on `image`, computed with the
         PyTorch model (gradients) whatever engine answers `classify`; heatmap and overlay on the photo
-        as the user sees it (EXIF orientation applied when the classifier applies it)."""
-        from .explain import resolve_target
-
-        return self._explain(image, 1 if target is None else [resolve_target(target, self.labels)])[0]
+        as the user sees it (EXIF orientation applied when the decoder applies it)."""
+        return self.explainer.explain(image, target)
 
     def explain_top(self, image: ImageSource, k: int = 5) -> list[Explanation]:
         """Explanations of the `k` most likely classes, most likely first (one forward pass for all)."""
-        return self._explain(image, max(1, k))
+        return self.explainer.explain_top(image, k)
 
-    def _explain(self, image: ImageSource, targets: int | list[int]) -> list[Explanation]:
-        from .explain import explain_classes
+    @property
+    def explainer(self) -> Explainer:
+        if self._explainer is None:
+            from .explain import Explainer
 
-        if self._gradient_model is None:  # the torch engine's own model, else one built on first use
-            from .backends.torch_backend import TorchBackend
-
-            torch_backend = isinstance(self.backend, TorchBackend)
-            self._gradient_model = self.backend.model if torch_backend else self.resolved.create_model()
-        photo = load_image(image, exif_transpose=self.exif_transpose, max_pixels=self.max_pixels)
-        return explain_classes(self._gradient_model, self.config, photo, targets, self.labels)
+            self._explainer = Explainer(self.resolved, self.decoder, self.backend, self.labels)
+        return self._explainer
 
     def probabilities(self, images: Sequence[ImageSource]) -> np.ndarray:
-        """(N, 1000) probabilities; raises ImageError on the first input that cannot be decoded."""
-        crops = [self.crop(im) for im in images]
-        batches = (np.stack(chunk) for chunk in chunks(crops, self.batch_size))
+        """(N, classes) probabilities; raises ImageError on the first input that cannot be decoded."""
+        crops = [self.decoder.crop(im) for im in images]
+        batches = (self.decoder.stack(chunk) for chunk in chunks(crops, self.batch_size))
         out = list(predictions(self.backend, batches))
         return np.concatenate(out) if out else np.zeros((0, len(self.labels)), np.float32)
 
@@ -158,58 +150,40 @@ class Classifier:
     def classify_iter(self, sources: Iterable[ImageSource], top: int = 5) -> Iterator[Outcome]:
         """Classify a stream in order; an input that fails is reported and the rest go on.
 
-        Decoding runs in worker threads (Pillow releases the GIL) while the backend infers earlier
-        batches, so a folder of JPEGs runs near the engine's own speed.
+        The decoder works ahead in its threads while the backend infers earlier batches, so a folder of
+        JPEGs runs near the engine's own speed.
         """
         groups: deque[list[Decoded[ImageSource]]] = deque()  # sent to the backend, not yet answered
 
-        def batches(decoded: Iterable[list[Decoded[ImageSource]]]) -> Iterator[np.ndarray]:
+        def batches(decoded: Iterable[list[Decoded[ImageSource]]]) -> Iterator[Any]:
             for group in decoded:
                 groups.append(group)
-                yield self._stack([d.crop for d in group if d.crop is not None])
+                yield self.decoder.stack([d.crop for d in group if d.failure is None])
 
         # closing(): an abandoned stream stops its decode threads at once, not when garbage collected.
-        with contextlib.closing(self.decode_batches(sources)) as decoded:
+        with contextlib.closing(self.decoder.batches(sources, self.batch_size)) as decoded:
             for probs in predictions(self.backend, batches(decoded)):
-                ranked = iter(self.top_k(probs, top))
+                answers = iter(self.top_k(probs, top))
                 for d in groups.popleft():
-                    if d.error is not None:
-                        yield Outcome(describe(d.item), error=d.error)
+                    if d.failure is not None:
+                        yield Outcome(describe(d.item), failure=d.failure)
                     else:
-                        yield Outcome(describe(d.item), predictions=next(ranked))
-
-    def decode_batches(self, items: Iterable[T], source: Callable[[T], ImageSource] | None = None
-                       ) -> Iterator[list[Decoded[T]]]:
-        """`items` in order, in lists of `batch_size`, each with its crop or the one-line reason it has none.
-
-        `source(item)` gives the image (a path, bytes, ...; default: the item itself) and runs in the
-        decode threads, so reading files happens there too. About two batches are decoded ahead of the
-        consumer: decoding overlaps inference, and a million items never sit in memory. This is the one
-        decode loop under classify_iter and `effnet eval`.
-        """
-        def decode(item: T) -> Decoded[T]:
-            try:
-                return Decoded(item, crop=self.crop(item if source is None else source(item)))
-            except EffnetError as exc:  # one bad input is reported in its place; the stream goes on
-                return Decoded(item, error=str(exc))
-
-        with ThreadPoolExecutor(self.decode_workers) as pool:
-            ahead = 2 * self.batch_size + self.decode_workers
-            yield from chunks(bounded_map(pool, decode, items, ahead), self.batch_size)
-
-    def _stack(self, crops: list[np.ndarray]) -> np.ndarray:
-        """(N, S, S, 3); N is 0 for a batch whose every file failed (it keeps its place in the stream)."""
-        size = self.config.input_size
-        return np.stack(crops) if crops else np.zeros((0, size, size, 3), np.uint8)
+                        yield Outcome(describe(d.item), predictions=next(answers))
 
 
-def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:
-    """Consecutive lists of `size` items (the last may be shorter)."""
-    chunk: list[T] = []
-    for item in items:
-        chunk.append(item)
-        if len(chunk) == size:
-            yield chunk
-            chunk = []
-    if chunk:
-        yield chunk
+def make_decoder(kind: str, resolved: ResolvedModel, backend: Backend, *, exif_transpose: bool = True,
+                 max_pixels: int | None = None, workers: int | None = None) -> Decoder:
+    """The decoder `kind` names ("exact" or "gpu") for `resolved`'s preprocessing; "gpu" decodes on the
+    backend's GPU, which must be a CUDA device."""
+    if kind == "exact":
+        return PillowDecoder(resolved.preprocess, exif_transpose=exif_transpose, max_pixels=max_pixels,
+                             workers=workers)
+    if kind == "gpu":
+        from .decode_gpu import DeviceDecoder
+
+        if not backend.device.startswith("cuda"):
+            raise EffnetError(f"decode=gpu decodes on the engine's GPU; this engine runs on {backend.device} "
+                              f"(use device=cuda, or decode=exact)", params=("decode", "device"))
+        return DeviceDecoder(resolved.preprocess, backend.device, exif_transpose=exif_transpose,
+                             max_pixels=max_pixels, workers=workers)
+    raise EffnetError(f"unknown decode={kind}; choose one of: {', '.join(DECODERS)}", params=("decode",))

@@ -50,8 +50,9 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from .arch import NUM_CLASSES, Activation, BlockKind, network_spec, variant
+from .arch import Activation, BlockKind, network_spec, variant
 from .blocks import DepthwiseSeparable, InvertedResidual
+from .contract import num_classes
 from .layers import SqueezeExcite
 from .model import EfficientNet, build_model
 
@@ -177,8 +178,8 @@ def flop_breakdown(name: str, input_size: int | None = None) -> tuple[dict[str, 
     conv(spec.blocks[-1].out_channels, spec.head_channels, 1, 1, h * h)
     flops["activation"] += act_ops * spec.head_channels * h * h
     flops["head_pool"] += POOL_OPS_PER_INPUT * spec.head_channels * h * h
-    macs += spec.head_channels * NUM_CLASSES
-    flops["fc"] += CONV_OPS_PER_MAC * spec.head_channels * NUM_CLASSES
+    macs += spec.head_channels * num_classes()
+    flops["fc"] += CONV_OPS_PER_MAC * spec.head_channels * num_classes()
     return dict(flops), macs
 
 

@@ -18,8 +18,9 @@ from enum import Enum
 from pathlib import Path
 
 from .errors import DatasetError
-from .labels import NUM_CLASSES, wnid_to_index
-from .preprocessing import image_suffixes
+from .contract import num_classes
+from .labels import wnid_to_index
+from .files import image_suffixes
 
 ANNOTATIONS_FILE = "val.txt"
 LOC_SOLUTION_FILE = "LOC_val_solution.csv"
@@ -63,12 +64,12 @@ class Dataset:
         """A deterministic `limit`-image subset, stratified: round-robin over classes.
 
         When a round does not fit whole, its classes are taken evenly spaced over the label range
-        (not the first ones), so --limit 100 on ImageNet is not a hundred fish and birds.
+        (not the first ones), so limit=100 on ImageNet is not a hundred fish and birds.
         """
         if limit is None or limit >= len(self.samples):
             return self
         if limit <= 0:
-            raise DatasetError(f"--limit must be a positive number of images, not {limit}")
+            raise DatasetError(f"limit={limit}: give a positive number of images", params=("limit",))
         by_class: dict[int, list[int]] = defaultdict(list)
         for i, s in enumerate(self.samples):
             by_class[s.label].append(i)
@@ -97,7 +98,8 @@ def load_dataset(data: str | os.PathLike, annotations: str | os.PathLike | None 
         raise DatasetError(f"{data} does not exist; give the ImageNet validation folder (or its val.txt)")
     if annotations is not None:
         if not data.is_dir():
-            raise DatasetError(f"{data} is not a folder: with --annotations, DATA is the image folder")
+            raise DatasetError(f"{data} is not a folder: with annotations=FILE, the data is the image folder",
+                               params=("annotations",))
         return _from_labels_file(Path(annotations), data)
     if data.is_file():
         return _from_labels_file(data, data.parent)
@@ -128,8 +130,8 @@ def _from_annotations(path: Path, text: str, root: Path) -> Dataset:
         if len(parts) != 2 or not parts[1].lstrip("-").isdigit():
             raise DatasetError(f"{path}:{n}: expected '<relative path> <class index>', got {line.strip()!r}")
         label = int(parts[1])
-        if not 0 <= label < NUM_CLASSES:
-            raise DatasetError(f"{path}:{n}: class index {label} is outside 0..{NUM_CLASSES - 1}")
+        if not 0 <= label < num_classes():
+            raise DatasetError(f"{path}:{n}: class index {label} is outside 0..{num_classes() - 1}")
         key = Path(parts[0].strip()).as_posix()
         samples.append(Sample(key, root / key, label))
     return _checked(Dataset(Layout.ANNOTATIONS, root, path, tuple(samples)))
@@ -171,7 +173,7 @@ def _from_wnid_folders(root: Path) -> Dataset:
     if not folders:
         raise DatasetError(
             f"{root} has no {ANNOTATIONS_FILE}, no {LOC_SOLUTION_FILE} and no WordNet-ID sub-folders; "
-            "pass --annotations FILE with '<relative path> <class index>' lines")
+            "give annotations=FILE with '<relative path> <class index>' lines", params=("annotations",))
     unknown = [p.name for p in folders if p.name not in index]
     if unknown:
         raise DatasetError(

@@ -1,8 +1,17 @@
-"""One exception type per kind of user mistake; messages say what to do next."""
+"""One exception type per kind of user mistake; messages say what to do next.
+
+Messages speak the Python API: a parameter is written `name=` (`weights=PATH`), and `params` lists the
+parameters a message names, so that the command line can render its own flags instead (`--weights PATH`).
+"""
+from __future__ import annotations
 
 
 class EffnetError(Exception):
     """Base of every error effnet raises on purpose; the CLI prints its message, not a traceback."""
+
+    def __init__(self, message: str = "", *, params: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.params = params
 
 
 class UnknownModelError(EffnetError, ValueError):
@@ -23,6 +32,10 @@ class WeightsNotFoundError(EffnetError):
 
 class MissingEngineError(EffnetError, ImportError):
     """An optional inference engine (onnxruntime, openvino, nncf) that is not installed."""
+
+
+class EngineError(EffnetError):
+    """An engine choice that cannot run here: an unknown backend, a precision it lacks, no GPU."""
 
 
 class DatasetError(EffnetError):

@@ -7,17 +7,28 @@ logit with respect to that feature map only depends on the head, so only the hea
 """
 from __future__ import annotations
 
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from PIL import Image
 
+from .contract import ranked
+from .decode import ImageSource, center_crop
 from .errors import EffnetError
 from .labels import imagenet_labels
 from .model import EfficientNet
-from .preprocessing import PreprocessConfig, center_crop, crop_geometry, normalize
+from .preprocessing import PreprocessConfig, crop_geometry, normalize
+
+if TYPE_CHECKING:
+    from torch import nn
+
+    from .backends import Backend
+    from .decode import Decoder
+    from .resolved import ResolvedModel
 
 # How strongly the colour map covers the photo inside the crop (outside, the photo is left as it is).
 OVERLAY_ALPHA = 0.5
@@ -32,6 +43,36 @@ class Explanation:
     probability: float
     heatmap: np.ndarray
     overlay: Image.Image
+
+
+class Explainer:
+    """Grad-CAM for a model served by a decoder and a backend: the backend's own torch module where it runs
+    one, else a torch model built on first use (ONNX Runtime and OpenVINO run graphs of their own). The photo
+    is decoded as the decoder decodes it (EXIF orientation included), so the map lies on what the user sees."""
+
+    def __init__(self, resolved: ResolvedModel, decoder: Decoder, backend: Backend,
+                 labels: Sequence[str] | None = None) -> None:
+        self.resolved = resolved
+        self.decoder = decoder
+        self.backend = backend
+        self.labels = imagenet_labels() if labels is None else labels
+        self._model: nn.Module | None = None
+        self._lock = threading.Lock()
+
+    def explain(self, image: ImageSource, target: int | str | None = None) -> Explanation:
+        """Grad-CAM of `target` (a class index or label; None: the top-1)."""
+        return self._explain(image, 1 if target is None else [resolve_target(target, self.labels)])[0]
+
+    def explain_top(self, image: ImageSource, k: int = 5) -> list[Explanation]:
+        """Explanations of the `k` most likely classes, most likely first (one forward pass for all)."""
+        return self._explain(image, max(1, k))
+
+    def _explain(self, image: ImageSource, targets: int | list[int]) -> list[Explanation]:
+        with self._lock:  # one model built, even when two threads ask at once
+            if self._model is None:
+                self._model = self.backend.torch_module or self.resolved.create_model()
+        return explain_classes(self._model, self.resolved.preprocess, self.decoder.photo(image), targets,
+                               self.labels)
 
 
 def resolve_target(target: int | str | None, labels: Sequence[str] | None = None) -> int | None:
@@ -121,7 +162,7 @@ def explain_classes(model: EfficientNet, config: PreprocessConfig, image: Image.
     shifted = np.exp(logits.astype(np.float64) - logits.max())
     probabilities = shifted / shifted.sum()
     if isinstance(targets, int):
-        targets = np.argsort(-logits, kind="stable")[:max(1, min(targets, len(logits)))].tolist()
+        targets = ranked(logits, targets).tolist()
     out = []
     for index in targets:
         heatmap, inside = to_photo(class_map(model, features, index), image.width, image.height, config)

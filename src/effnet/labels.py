@@ -9,16 +9,18 @@ from functools import cache
 from importlib import resources
 
 _DATA_FILE = "imagenet_classes.txt"
-NUM_CLASSES = 1000
 
 
 @cache
 def _table() -> tuple[tuple[str, ...], tuple[str, ...]]:
     text = resources.files("effnet").joinpath("data", _DATA_FILE).read_text(encoding="utf-8")
     rows = [line.split("\t") for line in text.splitlines() if line]
-    # A damaged package data file would silently shift every label, so check its shape once here.
-    if len(rows) != NUM_CLASSES or any(len(row) != 2 for row in rows):
-        raise RuntimeError(f"effnet/data/{_DATA_FILE} is damaged: expected {NUM_CLASSES} '<wnid>\\t<name>' lines")
+    # A damaged package data file would silently shift every label: the classes are ImageNet's WordNet IDs in
+    # sorted order, so a doubled or moved line breaks that order, and a lost one changes the class count,
+    # which a checkpoint's classifier then refuses (its shape is checked on load).
+    wnids = [row[0] for row in rows]
+    if not rows or any(len(row) != 2 for row in rows) or wnids != sorted(set(wnids)):
+        raise RuntimeError(f"effnet/data/{_DATA_FILE} is damaged: expected sorted, unique '<wnid>\\t<name>' lines")
     wnids, names = zip(*rows)
     return tuple(wnids), tuple(names)
 

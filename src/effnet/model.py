@@ -6,15 +6,16 @@ import math
 import torch
 from torch import nn
 
-from .arch import NUM_CLASSES, NetworkSpec, network_spec
+from .arch import NetworkSpec, network_spec
 from .blocks import activation, batchnorm, build_block
+from .contract import num_classes
 from .layers import Conv2dSame, conv2d
 
 
 class EfficientNet(nn.Module):
     """The TF-ported EfficientNet / EfficientNet-Lite; forward returns logits (eval mode by default)."""
 
-    def __init__(self, spec: NetworkSpec, num_classes: int = NUM_CLASSES) -> None:
+    def __init__(self, spec: NetworkSpec, classes: int | None = None) -> None:
         super().__init__()
         self.spec = spec
         act = spec.activation
@@ -28,7 +29,7 @@ class EfficientNet(nn.Module):
         self.bn2 = batchnorm(spec.head_channels)
         self.act2 = activation(act)
         self.dropout = nn.Dropout(spec.variant.dropout)
-        self.classifier = nn.Linear(spec.head_channels, num_classes)
+        self.classifier = nn.Linear(spec.head_channels, classes or num_classes())
         self.input_size: tuple[int, int] | None = None
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:

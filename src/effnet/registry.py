@@ -10,6 +10,7 @@ import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 
+from .arch import variant
 from .errors import UnknownModelError
 from .preprocessing import Interpolation, PreprocessConfig
 
@@ -156,13 +157,12 @@ def registered_models() -> tuple[str, ...]:
 
 
 def weights_entry(name: str) -> WeightsEntry:
-    """The weights record for a model name; UnknownModelError lists the valid names."""
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise UnknownModelError(
-            f"unknown model {name!r}; choose one of: {', '.join(_REGISTRY)}"
-        ) from None
+    """The weights record for a model name; UnknownModelError lists the valid names (the family's, arch.py)."""
+    entry = _REGISTRY.get(name)
+    if entry is None:
+        variant(name)  # a name outside the family: its error lists the family
+        raise UnknownModelError(f"{name!r} has no weights entry; add one with register_weights(WeightsEntry(...))")
+    return entry
 
 
 def register_weights(entry: WeightsEntry) -> WeightsEntry | None:

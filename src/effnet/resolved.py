@@ -13,7 +13,8 @@ from typing import Union
 
 from .arch import DEFAULT_MODEL, NetworkSpec, network_spec
 from .checkpoint import load_strict, read_state_dict, to_native
-from .errors import WeightsNotFoundError
+from .contract import RANDOM_WEIGHTS_ID, weights_id
+from .errors import EffnetError, WeightsNotFoundError
 from .model import EfficientNet
 from .preprocessing import PreprocessConfig
 from .registry import CardFigures, WeightsEntry, weights_entry
@@ -21,7 +22,17 @@ from .weights import download, file_sha256
 
 # None or "random": random init; "imagenet": the registry's official file; anything else: a file path.
 Weights = Union[str, os.PathLike, None]
-RANDOM = "random"
+RANDOM = RANDOM_WEIGHTS_ID
+IMAGENET = "imagenet"
+RANDOM_SEED = 0  # random weights are the same network in every process (a resumed job, a Ray actor)
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "'imagenet'"
+
+
+UNSET = _Unset()  # `weights` not given: "imagenet" for a name, nothing for an already resolved model
 
 
 @dataclass(frozen=True)
@@ -35,6 +46,7 @@ class ResolvedModel:
     preprocess: PreprocessConfig
     weights_file: Path | None
     weights_sha256: str | None
+    weights_source: str | Path = IMAGENET  # what was asked for: "imagenet", "random", or the file's path
 
     @property
     def card(self) -> CardFigures | None:
@@ -52,7 +64,7 @@ class ResolvedModel:
     @property
     def weights_id(self) -> str:
         """A short identity for keys and file names: the first 16 hex digits of the sha256, or 'random'."""
-        return self.weights_sha256[:16] if self.weights_sha256 else RANDOM
+        return weights_id(self.weights_sha256)
 
     @property
     def official_weights(self) -> bool:
@@ -61,37 +73,54 @@ class ResolvedModel:
 
     def create_model(self, input_size: int | tuple[int, int] | None = None) -> EfficientNet:
         """An eval-mode EfficientNet (logits) with these weights; `input_size` fixes its SAME pads."""
-        model = EfficientNet(self.spec)
+        if self.weights_file is None:  # seeded without touching the caller's random state
+            import torch
+
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(RANDOM_SEED)
+                model = EfficientNet(self.spec)
+        else:
+            model = EfficientNet(self.spec)
         model.set_input_size(input_size)
         if self.weights_file is not None:
             state = to_native(read_state_dict(self.weights_file), self.spec)
             load_strict(model, state, source=str(self.weights_file))
         return model.eval()
 
-    def describe(self) -> dict[str, str | None]:
-        """Plain data for reports, metadata and output files."""
-        return {"model": self.name, "weights_sha256": self.weights_sha256,
-                "weights_file": os.fspath(self.weights_file) if self.weights_file else None}
+    def describe(self) -> dict[str, str | int | None]:
+        """Plain data for reports, metadata and output files (random weights: their seed)."""
+        out: dict[str, str | int | None] = {"model": self.name, "weights_sha256": self.weights_sha256,
+                                            "weights_file": os.fspath(self.weights_file) if self.weights_file else None}
+        if self.random_weights:
+            out["weights_seed"] = RANDOM_SEED
+        return out
 
 
-def resolve(model: str | ResolvedModel = DEFAULT_MODEL, weights: Weights = "imagenet", *,
+def resolve(model: str | ResolvedModel = DEFAULT_MODEL, weights: Weights | _Unset = UNSET, *,
             progress: bool = True) -> ResolvedModel:
-    """Look `model` up and find its weights file: "imagenet" (downloaded once and verified), a path,
-    or None/"random". A ResolvedModel is returned as it is."""
+    """Look `model` up and find its weights file: "imagenet" (the default: downloaded once and verified), a
+    path, or None/"random" (a seeded random init). A ResolvedModel is returned as it is; giving `weights` with
+    one is an error (it would be ignored)."""
     if isinstance(model, ResolvedModel):
+        if weights is not UNSET:
+            raise EffnetError(f"weights={weights} was given with an already resolved {model.name} (whose weights "
+                              f"are {model.weights_source}); resolve the name with those weights instead",
+                              params=("weights",))
         return model
+    weights = IMAGENET if weights is UNSET else weights
     entry = weights_entry(model)  # UnknownModelError lists the valid names
     spec = network_spec(model)
     path = weights_file(entry, weights, progress=progress)
     digest = file_sha256(path) if path is not None else None
-    return ResolvedModel(model, spec, entry, entry.preprocess, path, digest)
+    source = RANDOM if path is None else IMAGENET if weights == IMAGENET else path
+    return ResolvedModel(model, spec, entry, entry.preprocess, path, digest, source)
 
 
 def weights_file(entry: WeightsEntry, weights: Weights, *, progress: bool = True) -> Path | None:
     """The file behind a `weights` value: None for random init, the verified official file, or a path."""
     if weights is None or (isinstance(weights, str) and weights == RANDOM):
         return None
-    if isinstance(weights, str) and weights == "imagenet":
+    if isinstance(weights, str) and weights == IMAGENET:
         return download(entry, progress=progress)
     path = Path(weights).expanduser()
     try:  # open, not only stat: a file behind a folder without permission must say so, not "missing"
@@ -108,7 +137,6 @@ def weights_file(entry: WeightsEntry, weights: Weights, *, progress: bool = True
         problem = f"cannot be read: {exc.strerror or exc}"
     if problem is not None:
         raise WeightsNotFoundError(
-            f"weights file {path} {problem}; pass a readable file with --weights PATH, or --weights imagenet "
-            f"for the official {entry.model} weights"
-        )
+            f"weights file {path} {problem}; give a readable file as weights=PATH, or weights=imagenet "
+            f"for the official {entry.model} weights", params=("weights",))
     return path

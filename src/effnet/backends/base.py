@@ -2,9 +2,12 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
-from typing import Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
 
 import numpy as np
+
+if TYPE_CHECKING:
+    from torch import nn
 
 
 class Backend(Protocol):
@@ -16,24 +19,36 @@ class Backend(Protocol):
 
     name: str
     precision: str
+    device: str  # "cpu" or "cuda:N": where the network runs
 
-    def predict(self, crops: np.ndarray) -> np.ndarray:
-        """(N, S, S, 3) uint8 RGB -> (N, 1000) float32 softmax probabilities; N may be 0."""
+    def predict(self, crops: Any) -> np.ndarray:
+        """(N, S, S, 3) uint8 RGB -> (N, classes) float32 softmax probabilities; N may be 0."""
         ...
 
     def settings(self) -> dict:
         """How the engine actually runs (threads, streams, hint, ...), as plain data for reports."""
         ...
 
+    @property
+    def torch_module(self) -> nn.Module | None:
+        """The network as an eager torch module on the engine's device, where the engine runs one (Grad-CAM
+        differentiates it); None where the engine runs a graph of its own (ONNX Runtime, OpenVINO)."""
+        ...
+
 
 @runtime_checkable
-class StreamingBackend(Backend, Protocol):
-    """An engine with several inferences in flight (OpenVINO's infer requests)."""
+class PipelinedBackend(Backend, Protocol):
+    """An engine that overlaps consecutive batches (OpenVINO's infer requests, a GPU's copies and compute)."""
 
-    def predict_stream(self, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
-        """`predict` of each batch, in order, with no pause between batches: the next batch's images
-        start as soon as a request frees up, while earlier results are handed back."""
+    def predict_stream(self, batches: Iterable[Any]) -> Iterator[np.ndarray]:
+        """`predict` of each batch, in order, with no pause between batches: the next batch starts while
+        earlier results are handed back."""
         ...
+
+
+@runtime_checkable
+class StreamingBackend(PipelinedBackend, Protocol):
+    """An engine with several inferences in flight that a server can feed one batch at a time."""
 
     @property
     def capacity(self) -> int:
@@ -48,8 +63,8 @@ class StreamingBackend(Backend, Protocol):
         ...
 
 
-def predictions(backend: Backend, batches: Iterable[np.ndarray]) -> Iterator[np.ndarray]:
+def predictions(backend: Backend, batches: Iterable[Any]) -> Iterator[np.ndarray]:
     """backend.predict(batch) for each batch, in order; pipelined across batches where the engine can."""
-    if isinstance(backend, StreamingBackend):
+    if isinstance(backend, PipelinedBackend):
         return backend.predict_stream(batches)
     return map(backend.predict, batches)

@@ -5,8 +5,8 @@ import os
 
 import numpy as np
 
-from ..engines import INPUT_NAME as INPUT
-from ..engines import OUTPUT_NAME as OUTPUT
+from ..contract import INPUT_NAME as INPUT
+from ..contract import OUTPUT_NAME as OUTPUT
 from ..optional import require
 from ..preprocessing import PreprocessConfig
 
@@ -14,6 +14,8 @@ from ..preprocessing import PreprocessConfig
 class OnnxRuntimeBackend:
     name = "onnxruntime"
     precision = "fp32"  # the CPU provider runs this graph in fp32 only
+    device = "cpu"
+    torch_module = None  # a graph of its own: Grad-CAM builds a torch model
 
     def __init__(self, path: str | os.PathLike[str], config: PreprocessConfig, *, threads: int | None = None) -> None:
         ort = require("onnxruntime")

@@ -15,25 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..engines import HINTS, PRECISIONS
-from ..errors import EffnetError
+from ..engines import HINTS, PRECISIONS, inference_precision
+from ..errors import EffnetError, EngineError
 from ..optional import require
-
-
-def inference_precision(precision: str, capabilities: list[str]) -> str:
-    """The CPU plugin's INFERENCE_PRECISION_HINT for effnet's precision name.
-
-    fp16 and int8 name how the IR stores weights; their remaining float math runs in f32 here
-    (f16 only where the CPU computes in it). bf16 keeps fp32 weights and computes in bfloat16.
-    """
-    if precision == "bf16":
-        if "BF16" not in capabilities:
-            raise EffnetError("this CPU has no bfloat16 support (OpenVINO CPU capabilities: "
-                              f"{', '.join(capabilities)}); use --precision fp32 or int8")
-        return "bf16"
-    if precision == "fp16" and "FP16" in capabilities:
-        return "f16"
-    return "f32"
 
 
 class OpenVINOBackend:
@@ -42,17 +26,20 @@ class OpenVINOBackend:
     streams held up better. LATENCY answers a single image about twice as fast (both threads on it)."""
 
     name = "openvino"
+    device = "cpu"
+    torch_module = None  # a graph of its own: Grad-CAM builds a torch model
 
     def __init__(self, xml: str | os.PathLike[str], *, precision: str = "fp32", hint: str = "THROUGHPUT",
                  cache_dir: str | os.PathLike[str] | None = None, requests: int | None = None,
                  streams: int | None = None, threads: int | None = None, pin_threads: bool = True) -> None:
         """`xml`: an engine IR (uint8 RGB crops in), as openvino_graph.engine_ir builds it."""
         ov = require("openvino")
-        if precision not in PRECISIONS["openvino"]:
-            raise EffnetError(f"openvino precision must be one of {', '.join(PRECISIONS['openvino'])}, "
-                              f"got {precision!r}")
+        runs = PRECISIONS["openvino"]["cpu"]
+        if precision not in runs:
+            raise EngineError(f"the openvino backend runs {', '.join(runs)}, not precision={precision}",
+                              params=("precision",))
         if hint not in HINTS:
-            raise EffnetError(f"performance hint must be one of {', '.join(HINTS)}, got {hint!r}")
+            raise EngineError(f"hint={hint} is not one of OpenVINO's hints: {', '.join(HINTS)}", params=("hint",))
         self.precision = precision
         core = ov.Core()
         if cache_dir is not None:

@@ -3,21 +3,24 @@ numbers within float rounding), with uint8 RGB crops in. The exported card IR st
 conversion; only OpenVINOBackend compiles this one, which is cached beside the exports."""
 from __future__ import annotations
 
-import os
+import logging
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..engines import INPUT_NAME
-from ..export.cache import cached, calibration_split, export_key
-from ..export.quantize import DEFAULT_SUBSET
+from ..cache_layout import CacheLayout
+from ..contract import INPUT_NAME
+from ..engines import EngineChoice
+from ..export.cache import cached, export_key
 from ..optional import require
 from ..resolved import ResolvedModel
 
 if TYPE_CHECKING:
     import openvino as ov
+
+log = logging.getLogger(__name__)
 
 
 def _rewrite_each(model: ov.Model, replacement: Callable[[ov.Node], ov.Node | None]) -> int:
@@ -129,21 +132,22 @@ def with_u8_rgb_input(model: ov.Model) -> ov.Model:
     return ppp.build()
 
 
-def engine_ir(resolved: ResolvedModel, *, precision: str = "fp32", batch: int | None = 1,
-              calibration: str | os.PathLike[str] | None = None, subset_size: int = DEFAULT_SUBSET,
-              root: str | os.PathLike[str] | None = None, log: Callable[[str], None] = lambda _: None) -> Path:
-    """The engine IR (`.xml`) for `resolved` at `precision` (fp32, fp16, int8), built once and cached
-    under a key that includes ENGINE_REVISION."""
+def engine_ir(resolved: ResolvedModel, engine: EngineChoice, *, batch: int | None = 1,
+              layout: CacheLayout | None = None) -> Path:
+    """The engine IR (`.xml`) for `resolved` as `engine` runs it (fp32, fp16 or int8 in the file: bf16 is a
+    compute mode of the fp32 file), built once and cached under a key that includes ENGINE_REVISION."""
     from ..export.build import build_ir
     from ..export.openvino import save_ir
 
-    files, _ = calibration_split(calibration, precision, subset_size)
-    key = export_key(resolved, f"openvino_engine{ENGINE_REVISION}", precision, batch, calibration, subset_size)
+    precision = "fp32" if engine.precision == "bf16" else engine.precision
+    calibration = engine.calibration if precision == "int8" else None
+    key = export_key(resolved, f"openvino_engine{ENGINE_REVISION}", precision, batch, calibration)
 
     def build(path: Path) -> None:
-        log(f"building the {resolved.name} {precision} OpenVINO engine model (B7 takes about a minute; "
-            f"kept in the cache for later runs where the cache is writable)")
-        ir = build_ir(resolved, precision, batch=batch, calibration_files=files, subset_size=subset_size, log=log)
+        kept = "kept in the cache for later runs where it is writable" if key else "random weights: not kept"
+        log.info("building the %s %s OpenVINO engine model (B7 takes about a minute; %s)", resolved.name,
+                 precision, kept)
+        ir = build_ir(resolved, precision, batch=batch, calibration=calibration)
         save_ir(engine_model(ir), path, precision)
 
-    return cached(key, "model.xml", root, build)
+    return cached(key, "model.xml", layout, build)

@@ -81,7 +81,7 @@ def collect_inputs(given: list[str | os.PathLike]) -> Inputs:
             continue
         path = Path(text).expanduser()
         if path.is_dir():
-            from ..preprocessing import image_files
+            from ..files import image_files
 
             found: list = []
             files = image_files(path, skipped=found)

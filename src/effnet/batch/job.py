@@ -1,21 +1,24 @@
-"""One batch job: inputs -> identity -> pending shards -> an engine's rows -> shard files -> summary."""
+"""Running a batch job: plan (plan.py) -> open the output folder -> pending shards -> a runner's rows (the
+local stream, or Ray Data actors) -> shard files written exactly once -> a summary."""
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ..arch import DEFAULT_MODEL
-from ..errors import EffnetError, MissingEngineError, OutputError
-from ..resolved import ResolvedModel, Weights, resolve
-from .inputs import Inputs, collect_inputs, is_uri
-from .store import Row, Store, require_pyarrow, shard_bounds, shard_count
+from ..engines import AUTO, EngineChoice, EngineOptions, resolve_engine
+from ..errors import EffnetError
+from ..progress import NoProgress, Progress
+from ..resolved import UNSET, ResolvedModel, Weights, resolve
+from .plan import DEFAULT_SHARD_SIZE, JobPlan, check_request, list_inputs, plan_job
+from .store import Row, Store, require_pyarrow
 
-ENGINES = ("local", "ray")
-DEFAULT_SHARD_SIZE = 1000
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -39,111 +42,93 @@ class Summary:
         return 1 if self.failed or self.skipped_failed else 0
 
 
-def job_identity(inputs: Inputs, resolved: ResolvedModel, engine: str, backend: str, precision: str,
-                 top: int, shard_size: int) -> dict:
-    """What makes two runs the same job (and so allowed to share an output folder)."""
-    from .. import __version__
-
-    return {"format": 1, "model": resolved.name, "weights_sha256": resolved.weights_sha256, "engine": engine,
-            "backend": backend, "precision": precision, "top": top, "effnet_version": __version__,
-            "inputs": len(inputs.uris), "inputs_sha256": inputs.digest(), "shard_size": shard_size}
-
-
-def run_batch(inputs: list[str | os.PathLike], output: str | os.PathLike, *, model: str = DEFAULT_MODEL,
-              weights: Weights = "imagenet", backend: str = "auto", precision: str | None = None, top: int = 5,
-              batch_size: int = 8, engine: str = "local", shard_size: int = DEFAULT_SHARD_SIZE,
-              ray_address: str | None = None, workers: int | None = None, cpus_per_worker: int | None = None,
-              restart: bool = False, log: Callable[[str], None] = lambda _: None,
-              on_rows: Callable[[int], None] = lambda _: None, on_start: Callable[[int], None] = lambda _: None
-              ) -> Summary:
+def run_batch(inputs: list[str | os.PathLike], output: str | os.PathLike, *,
+              model: str | ResolvedModel = DEFAULT_MODEL, weights: Weights = UNSET,
+              engine: EngineChoice | None = None, backend: str = AUTO, precision: str | None = None,
+              device: str = AUTO, top: int = 5, batch_size: int | None = None, runner: str = "local",
+              decode: str = "exact", shard_size: int = DEFAULT_SHARD_SIZE, ray_address: str | None = None, workers: int | None = None,
+              cpus_per_worker: int | None = None, restart: bool = False,
+              progress: Progress | None = None) -> Summary:
     """Classify every input once into a Parquet dataset under `output`; resumable, never duplicating.
 
-    `on_start(n)` hears how many inputs this run will classify, `on_rows(k)` each time k more are written
-    (a progress bar); `log` hears one line per notable event (nothing to do, skipped folder entries)."""
-    from ..backends import default_precision, resolve_kind
-
+    `engine` (or `backend`, `precision`, `device`, resolved here) says what computes; `runner` where: "local"
+    (this process) or "ray" (Ray Data actors, on the cluster at `ray_address`; with a CUDA device each actor
+    takes one GPU); `decode`: "exact" (the checker's Pillow pipeline) or "gpu". `progress` hears how many
+    inputs this run will classify and each shard written."""
     require_pyarrow()
-    if engine not in ENGINES:
-        raise EffnetError(f"unknown engine {engine!r}; choose one of: {', '.join(ENGINES)}")
-    if engine == "ray":
-        try:
-            import ray  # noqa: F401
-            import ray.data  # noqa: F401
-        except ImportError as exc:
-            raise MissingEngineError("--engine ray needs Ray Data; install it with: pip install 'effnet[ray]'") from exc
-    if shard_size < 1 or top < 1 or batch_size < 1:
-        raise EffnetError("shard size, top and batch size must be >= 1")
-    if is_uri(os.fspath(output)):  # else a folder named "s3:" would appear here, and vanish with the machine
-        raise OutputError(f"--output {os.fspath(output)}: the output must be a folder on a file system this "
-                          "process writes (shards are renamed into place and the folder is locked); mount the "
-                          "store or a shared volume there, or copy the folder to the store after the job")
-    listed = collect_inputs(list(inputs))
+    batch_size = batch_size or (engine.batch_size if engine else None)
+    check_request(output, runner, top, batch_size or 1, shard_size)
+    listed = list_inputs(inputs)
     for entry in listed.skipped:
-        log(f"skipped {entry}")
-    if not listed.uris:
-        raise EffnetError(f"no inputs found in {' '.join(map(os.fspath, inputs))}")
-    kind = resolve_kind(backend, precision)  # a missing engine fails before any download
-    precision = precision or default_precision(kind)
+        log.warning("skipped %s", entry)
+    if engine is None:  # a missing engine or GPU fails before any download; Ray's nodes check their own GPUs
+        engine = resolve_engine(backend, precision, device=device, local=runner == "local",
+                                options=EngineOptions(batch_sizes=_sizes(batch_size)))
+    batch_size = batch_size or engine.batch_size
     resolved = resolve(model, weights)
-    identity = job_identity(listed, resolved, engine, kind, precision, top, shard_size)
-
-    total = len(listed.uris)
-    count = shard_count(total, shard_size)
-    summary = Summary(os.fspath(output), total)
+    plan = plan_job(listed, resolved, engine, runner, top, shard_size, decode)
+    summary = Summary(os.fspath(output), plan.total)
     with Store(output).open() as store:
-        store.prepare(identity, restart)
+        store.prepare(plan.identity, restart)
         done = store.done()
         for path in done.values():
             rows, failed = store.shard_counts(path)
             summary.skipped += rows
             summary.skipped_failed += failed
-        pending = [k for k in range(count) if k not in done]
+        pending = [k for k in range(plan.shards) if k not in done]
         if not pending:
             summary.nothing_to_do = True
-            log(f"nothing to do: all {total} inputs in {output} are already done")
+            log.info("nothing to do: all %d inputs in %s are already done", plan.total, output)
             return summary
-        on_start(sum(shard_bounds(k, shard_size, total)[1] - shard_bounds(k, shard_size, total)[0] for k in pending))
-        items = [(p, listed.uris[p]) for k in pending for p in range(*shard_bounds(k, shard_size, total))]
-        if engine == "local":
-            rows = _local_rows(resolved, kind, precision, batch_size, top, items, log)
-        else:
-            from .ray_engine import ray_rows
+        items = plan.items(pending)
+        progress = progress or NoProgress()
+        progress.start(len(items))
+        try:
+            if runner == "local":
+                rows = local_rows(resolved, engine, batch_size, top, items, decode)
+            else:
+                from .ray_runner import ray_rows
 
-            rows = ray_rows(resolved, weights, kind, precision, batch_size, top, items, address=ray_address,
-                            workers=workers, cpus_per_worker=cpus_per_worker, log=log)
-        _write_shards(store, rows, listed, shard_size, count, summary, on_rows)
+                rows = ray_rows(resolved, engine, batch_size, top, items, decode, address=ray_address,
+                                workers=workers, cpus_per_worker=cpus_per_worker)
+            _write_shards(store, rows, plan, summary, progress)
+        finally:
+            progress.close()
     return summary
 
 
-def _local_rows(resolved: ResolvedModel, kind: str, precision: str, batch_size: int, top: int,
-                items: list[tuple[int, str]], log: Callable[[str], None]) -> Iterator[tuple[Row, str]]:
+def _sizes(batch_size: int | None) -> tuple[int, ...]:
+    from ..engines import graph_batch_sizes
+
+    return graph_batch_sizes(batch_size) if batch_size else ()
+
+
+def local_rows(resolved: ResolvedModel, engine: EngineChoice, batch_size: int, top: int,
+               items: list[tuple[int, str]], decode: str = "exact") -> Iterator[tuple[Row, str]]:
+    """This process's answers: the Classifier's stream (decode threads overlapping the engine)."""
     from ..classifier import Classifier
     from .sources import classify_positions
 
-    classifier = Classifier(resolved, backend=kind, precision=precision, batch_size=batch_size, log=log)
-    described = classifier.describe()
-    if (described["backend"], described["precision"]) != (kind, precision):  # the identity must say what ran
-        raise EffnetError(f"the engine runs {described['backend']} {described['precision']}, "
-                          f"the job was recorded as {kind} {precision}")
+    classifier = Classifier(resolved, backend=engine, batch_size=batch_size, decode=decode)
     host = socket.gethostname()
     for row in classify_positions(classifier, items, top):
         yield row, host
 
 
-def _write_shards(store: Store, rows: Iterator[tuple[Row, str]], listed: Inputs, shard_size: int, count: int,
-                  summary: Summary, on_rows: Callable[[int], None]) -> None:
-    """Collect rows per shard (engines may answer out of order) and write each shard once it is whole."""
+def _write_shards(store: Store, rows: Iterator[tuple[Row, str]], plan: JobPlan, summary: Summary,
+                  progress: Progress) -> None:
+    """Collect rows per shard (runners may answer out of order) and write each shard once it is whole."""
     buffers: dict[int, dict[int, Row]] = {}
     nodes: dict[int, Counter] = {}
     written: set[int] = set()
-    total = len(listed.uris)
+    listed, shard_size, count = plan.inputs, plan.shard_size, plan.shards
     for row, node in rows:
         k = row.position // shard_size
         if k in written or row.position in buffers.get(k, ()):  # a retried batch: the first answer stands
             continue
         buffers.setdefault(k, {})[row.position] = row
         nodes.setdefault(k, Counter())[node] += 1
-        start, end = shard_bounds(k, shard_size, total)
+        start, end = plan.bounds(k)
         if len(buffers[k]) == end - start:
             shard = list(buffers.pop(k).values())
             per_node = nodes.pop(k)
@@ -156,9 +141,9 @@ def _write_shards(store: Store, rows: Iterator[tuple[Row, str]], listed: Inputs,
             summary.shards_written += 1
             for n, c in per_node.items():
                 summary.nodes[n] = summary.nodes.get(n, 0) + c
-            on_rows(len(shard))
+            progress.advance(len(shard))
     if buffers:  # an engine that stopped early: never write a partial shard
-        missing = sum(shard_bounds(k, shard_size, total)[1] - shard_bounds(k, shard_size, total)[0] - len(b)
+        missing = sum(plan.bounds(k)[1] - plan.bounds(k)[0] - len(b)
                       for k, b in buffers.items())
-        raise EffnetError(f"the engine stopped with {missing} inputs unanswered; run the same command again "
+        raise EffnetError(f"the runner stopped with {missing} inputs unanswered; run the same job again "
                           "to finish (finished shards are kept)")

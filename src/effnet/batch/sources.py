@@ -6,7 +6,7 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 
 from ..classifier import Classifier
-from ..preprocessing import EncodedImage
+from ..decode import EncodedImage
 from .inputs import is_uri
 from .store import Row
 

@@ -116,7 +116,8 @@ class Store:
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
-            raise OutputError(f"cannot read {self.root / IDENTITY_FILE}: {exc}; use --restart to start over") from exc
+            raise OutputError(f"cannot read {self.root / IDENTITY_FILE}: {exc}; use restart=True to start over",
+                              params=("restart",)) from exc
 
     def prepare(self, identity: dict, restart: bool) -> None:
         """Make the folder this job's: refuse another job's results unless `restart` (which deletes them)."""
@@ -128,10 +129,10 @@ class Store:
             changed = [k for k in sorted(set(old) | set(identity)) if old.get(k) != identity.get(k)]
             raise IdentityMismatch(
                 f"{self.root} holds another job's results ({', '.join(f'{k}: {old.get(k)} -> {identity.get(k)}' for k in changed)}); "
-                "use another --output, or --restart to delete them and start over")
+                "use another output=DIR, or restart=True to delete them and start over", params=("output", "restart"))
         elif old is None and parts:
-            raise IdentityMismatch(f"{self.root} holds part files but no {IDENTITY_FILE}; use another --output, "
-                                   "or --restart to delete them and start over")
+            raise IdentityMismatch(f"{self.root} holds part files but no {IDENTITY_FILE}; use another output=DIR, "
+                                   "or restart=True to delete them and start over", params=("output", "restart"))
         self.remove_temporaries()
         if restart or old is None:
             text = json.dumps(identity, indent=2, sort_keys=True) + "\n"

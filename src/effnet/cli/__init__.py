@@ -17,6 +17,7 @@ from contextlib import contextmanager
 
 from ..errors import EffnetError
 from . import batch, bench, cache, classify, evaluation, explain, export, info, serve
+from .options import log_to_stderr, render
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         # A file name that is not valid UTF-8 is printed back as the bytes it was, as ls does.
         sys.stdout.reconfigure(errors="surrogateescape")
     with _signals_raise():
+        restore_logging = log_to_stderr()
         try:
             code = args.run(args)
             if sys.stdout is not None:  # buffered output meets a full disk or a closed pipe here, not at exit
@@ -65,11 +67,13 @@ def main(argv: list[str] | None = None) -> int:
             _fail(f"stopped by {signal.Signals(exc.signum).name}")
             return 128 + exc.signum
         except EffnetError as exc:
-            _fail(f"error: {exc}")
+            _fail(f"error: {render(exc)}")
             return 1
         except OSError as exc:  # the environment (disk, permissions) rather than a mistake effnet foresaw
             _fail(f"error: {_describe_os_error(exc)}")
             return 1
+        finally:
+            restore_logging()
 
 
 def _fail(message: str) -> None:

@@ -4,15 +4,18 @@ from __future__ import annotations
 import argparse
 import json
 
+from ..contract import weights_id
 from ..errors import EffnetError
 from .options import (
-    Progress,
+    TerminalProgress,
     before_engine,
+    decode_option,
+    engine_choice,
     engine_options,
     model_option,
     notice,
     positive_int,
-    weights_label,
+    render,
     weights_option,
 )
 
@@ -28,9 +31,11 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--top", type=positive_int, default=5, metavar="K",
                    help="predictions per image (default 5; more than the 1000 classes shows all of them)")
     p.add_argument("--json", action="store_true",
-                   help="one JSON object per line, with the model, weights, backend and precision in each")
-    p.add_argument("--batch-size", type=positive_int, default=8, metavar="N", help="images per engine call (default 8)")
+                   help="one JSON object per line, with the model, weights, backend, precision and device in each")
+    p.add_argument("--batch-size", type=positive_int, default=None, metavar="N",
+                   help="images per engine call (default 8 on CPUs, 64 on GPUs)")
     engine_options(p)
+    decode_option(p)
     p.add_argument("--max-pixels", type=positive_int, default=None, metavar="N",
                    help="refuse images whose header claims more than N pixels, before decoding "
                         "(default: Pillow's own refusal threshold, about 179 million)")
@@ -40,8 +45,8 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..classifier import Classifier
-    from ..labels import imagenet_labels
-    from ..preprocessing import expand_inputs
+    from ..contract import num_classes
+    from ..files import expand_inputs
 
     listing = expand_inputs(args.paths)
     for skipped in listing.skipped:  # before the model loads: a person sees at once what will be missing
@@ -50,25 +55,25 @@ def run(args: argparse.Namespace) -> int:
     if not files:
         extra = f" ({len(listing.skipped)} entries skipped)" if listing.skipped else ""
         raise EffnetError(f"no images found in {' '.join(args.paths)}{extra}")
-    top = clamp_top(args.top, len(imagenet_labels()))
-    before_engine(args.model, args.weights, args.backend, args.precision)
-    classifier = Classifier(args.model, args.weights, backend=args.backend, precision=args.precision,
-                            calibration=args.calibration, batch_size=args.batch_size, max_pixels=args.max_pixels,
-                            log=notice)
-    meta = classifier.describe()
-    fields = {k: meta[k] for k in ("model", "weights_sha256", "backend", "precision")}
+    top = clamp_top(args.top, num_classes())
+    engine = engine_choice(args, batch_size=args.batch_size)
+    before_engine(args.model, args.weights, engine)
+    classifier = Classifier(args.model, args.weights, backend=engine, batch_size=args.batch_size,
+                            max_pixels=args.max_pixels, decode=args.decode)
+    fields = output_fields(classifier.describe())
     failed = 0
-    with Progress(len(files), "img") as bar:
+    with TerminalProgress() as bar:
+        bar.start(len(files))
         if not args.json:
             bar.line(header(fields))
         for outcome in classifier.classify_iter(files, top=top):
             bar.advance()
-            if outcome.error is not None:
+            if outcome.failure is not None:
                 failed += 1
                 if args.json:
-                    bar.line(json.dumps({"image": outcome.source, "error": outcome.error, **fields}))
+                    bar.line(json.dumps({"image": outcome.source, "error": render(outcome.failure), **fields}))
                 else:
-                    bar.problem(outcome.error)
+                    notice(render(outcome.failure))
             elif args.json:
                 ranked = [{"index": p.index, "label": p.label, "prob": round(p.probability, 6)}
                           for p in outcome.predictions]
@@ -88,10 +93,17 @@ def clamp_top(top: int, classes: int) -> int:
     return classes
 
 
+def output_fields(described: dict) -> dict:
+    """What every result line carries: model, weights, engine, precision, device (and the GPU, where one)."""
+    keys = ("model", "weights_sha256", "backend", "precision", "device", "gpu")
+    return {k: described[k] for k in keys if k in described}
+
+
 def header(fields: dict) -> str:
-    """The first line of text output: which model, weights, engine and precision produced the results."""
-    return (f"# {fields['model']}, weights {weights_label(fields['weights_sha256'])}, "
-            f"{fields['backend']} {fields['precision']}")
+    """The first line of text output: which model, weights, engine, precision and device produced the results."""
+    where = fields["device"] + (f" ({fields['gpu']})" if "gpu" in fields else "")
+    return (f"# {fields['model']}, weights {weights_id(fields['weights_sha256'])}, "
+            f"{fields['backend']} {fields['precision']} on {where}")
 
 
 def summarize(failed: int, total: int, skipped: int) -> int:

@@ -7,11 +7,11 @@ from pathlib import Path
 
 from ..errors import OutputError
 from .options import (
+    TerminalProgress,
     comma_list,
     download_notice,
     emit,
     model_option,
-    notice,
     positive_int,
     weights_option,
     writable_folder,
@@ -19,7 +19,7 @@ from .options import (
 
 
 def add(sub: argparse._SubParsersAction) -> None:
-    from ..backends import ALL_PRECISIONS, KINDS
+    from ..engines import ALL_PRECISIONS, KINDS
 
     p = sub.add_parser("eval", help="top-1/top-5 accuracy on ImageNet-style data (the card's table)",
                        description="Top-1/top-5 accuracy with 95 % Wilson intervals, one column per backend x "
@@ -34,6 +34,8 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help=f"{', '.join(KINDS)}; the first is the reference (default torch)")
     p.add_argument("--precision", type=comma_list(ALL_PRECISIONS), default=["fp32"], metavar="P[,P..]",
                    help=f"{', '.join(ALL_PRECISIONS)}; pairs no engine runs are skipped (default fp32)")
+    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N",
+                   help="where every column runs (default auto: the first NVIDIA GPU when PyTorch sees one)")
     p.add_argument("--annotations", metavar="FILE", help="val.txt-style or LOC CSV labels for the images in DATA")
     p.add_argument("--limit", type=positive_int, metavar="N", help="a deterministic, class-stratified subset")
     p.add_argument("--batch-size", type=positive_int, default=8, metavar="N",
@@ -48,19 +50,17 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..datasets import load_dataset
-    from ..evaluate import configurations, evaluate
+    from ..evaluate import eval_engines, evaluate
 
     # Mistakes that would otherwise surface after hours: engines (installed, precision), the folders written.
-    columns = configurations(args.backend, args.precision)
-    resume_dir = writable_folder(args.resume_dir, "--resume-dir") if args.resume_dir else None
+    engines = eval_engines(args.backend, args.precision, device=args.device, calibration=args.calibration)
+    resume_dir = writable_folder(args.resume_dir, "resume_dir") if args.resume_dir else None
     if args.report and not Path(args.report).expanduser().parent.is_dir():
         raise OutputError(f"cannot write the report {args.report}: its folder does not exist")
     dataset = load_dataset(args.data, args.annotations)  # a bad labels line fails before any download
     download_notice(args.model, args.weights)
-    # The progress bar (stderr, only on a terminal) is closed inside evaluate(), before anything is printed.
-    result = evaluate(dataset, model=args.model, weights=args.weights, configurations=columns,
-                      limit=args.limit, batch_size=args.batch_size,
-                      calibration=args.calibration, resume_dir=resume_dir, log=notice)
+    result = evaluate(dataset, model=args.model, weights=args.weights, engines=engines, limit=args.limit,
+                      batch_size=args.batch_size, resume_dir=resume_dir, progress=TerminalProgress(leave=False))
     if args.report:
         try:
             Path(args.report).expanduser().write_text(result.to_markdown(), encoding="utf-8")

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import EffnetError
-from .options import model_option, notice, positive_int, weights_option
+from .options import model_option, notice, positive_int, render, weights_option
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -23,6 +23,8 @@ def add(sub: argparse._SubParsersAction) -> None:
                         help="explain this class (an index 0-999 or an ImageNet label such as espresso)")
     target.add_argument("--top", type=positive_int, default=1, metavar="K",
                         help="explain each of the K most likely classes (default 1)")
+    p.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N",
+                   help="where the gradients are computed (default auto: the first NVIDIA GPU when PyTorch sees one)")
     p.add_argument("--output", required=True, metavar="DIR", help="folder the PNG overlays are written to")
     p.add_argument("--json", action="store_true", help="one JSON object per image and class")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files")
@@ -41,9 +43,14 @@ def run(args: argparse.Namespace) -> int:
         raise EffnetError(f"cannot create --output {output}: {exc.strerror or exc}") from exc
     from ..explain import resolve_target
 
+    from ..engines import EngineOptions, resolve_engine
+
     target = resolve_target(args.target)  # a bad --class is one mistake, refused before any work
-    classifier = Classifier(args.model, args.weights, backend="torch", precision="fp32")
-    notice(f"explaining with {classifier.name} on PyTorch (B7 takes a few seconds per image)")
+    # Gradients in fp32 (the card's original model), on the GPU where there is one; no compiled graphs.
+    engine = resolve_engine("torch", "fp32", device=args.device, options=EngineOptions(compile=False))
+    classifier = Classifier(args.model, args.weights, backend=engine)
+    notice(f"explaining with {classifier.name} on PyTorch, {engine.device} (B7 takes a few seconds per image "
+           f"on a CPU)")
     used: set[str] = set()
     failed = 0
     for image in args.images:
@@ -52,7 +59,7 @@ def run(args: argparse.Namespace) -> int:
                             else [classifier.explain(image, target)])
         except EffnetError as exc:
             failed += 1
-            _report(args.json, {"image": image, "error": str(exc)}, f"effnet: {exc}")
+            _report(args.json, {"image": image, "error": render(exc)}, f"effnet: {render(exc)}")
             continue
         for explanation in explanations:
             path = output / _file_name(Path(image).stem, explanation.index, explanation.label, used)

@@ -8,7 +8,6 @@ from .options import (
     download_notice,
     emit,
     model_option,
-    notice,
     positive_int,
     weights_option,
     writable_folder,
@@ -16,7 +15,8 @@ from .options import (
 
 
 def add(sub: argparse._SubParsersAction) -> None:
-    from ..export import FORMATS, PRECISIONS
+    from ..engines import FILE_PRECISIONS
+    from ..export import FORMATS
 
     p = sub.add_parser("export", help="write the card's ONNX and/or OpenVINO IR (fp32, fp16, int8), verified",
                        description="ONNX: the card's original model (input 'data' normalised RGB, output 'prob'). "
@@ -26,7 +26,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     weights_option(p)
     p.add_argument("--format", type=comma_list(FORMATS), required=True, metavar="F[,F..]",
                    help=f"{', '.join(FORMATS)}")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp32",
+    p.add_argument("--precision", choices=FILE_PRECISIONS, default="fp32",
                    help="the IR's: fp32 (default), fp16 weights, or int8 (NNCF, needs --calibration); ONNX is fp32")
     p.add_argument("--batch", default="1", choices=("1", "dynamic"), help="batch axis: 1 (the card's) or dynamic")
     p.add_argument("--calibration", metavar="DIR",
@@ -35,28 +35,28 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="images used to calibrate (default 300)")
     p.add_argument("--output", required=True, metavar="DIR", help="where the files are written")
     p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
-                   help="compare with PyTorch after writing, on real photos; fp32 must match within 1e-4 of "
-                        "the top probability (default on)")
+                   help="compare with PyTorch after writing, on real photos; fp32 probabilities must match "
+                        "within 1e-4 (absolute) (default on)")
     p.add_argument("--images", metavar="DIR",
                    help="more photos to verify on, besides the bundled example and held-out calibration photos")
     p.set_defaults(run=run)
 
 
 def run(args: argparse.Namespace) -> int:
+    from ..calibration import calibration_set
     from ..export import export_model
     from ..resolved import resolve
 
-    output = writable_folder(args.output, "--output")  # before minutes of export, not after
+    output = writable_folder(args.output, "output")  # before minutes of export, not after
+    calibration = calibration_set(args.calibration, args.calibration_size) if args.calibration else None
     download_notice(args.model, args.weights)
     results = export_model(resolve(args.model, args.weights), output=output, formats=args.format,
                            precision=args.precision, batch=None if args.batch == "dynamic" else 1,
-                           calibration=args.calibration, subset_size=args.calibration_size, verify=args.verify,
-                           images=args.images,
-                           log=notice)
+                           calibration=calibration, verify=args.verify, images=args.images)
     for result in results:
         emit(f"{result.format} {result.precision}: {result.path}")
-        if result.agreement is not None:
-            emit(f"  vs PyTorch fp32 on {result.agreement}")
-            if result.precision == "int8" and result.agreement.top1 < 0.995:
+        if result.parity is not None:
+            emit(f"  vs PyTorch fp32 on {result.parity}")
+            if result.precision == "int8" and result.parity.top1 < 0.995:
                 emit("  (below the 99.5 % top-1 target: calibrate on more, and more typical, photos)")
     return 0

@@ -17,7 +17,7 @@ def add_info(sub: argparse._SubParsersAction) -> None:
 def model_info(name: str) -> dict:
     """Everything `effnet info` prints, as plain data."""
     from ..complexity import complexity
-    from ..engines import INPUT_NAME, OUTPUT_NAME
+    from ..contract import INPUT_NAME, OUTPUT_NAME, num_classes
     from ..resolved import resolve
     from ..weights import cached_file
 
@@ -44,7 +44,7 @@ def model_info(name: str) -> dict:
         "input": {"name": INPUT_NAME, "shape": [1, 3, s, s], "order": "RGB", "mean": list(cfg.mean),
                   "std": list(cfg.std), "resize": cfg.resize_size, "crop": s,
                   "interpolation": cfg.interpolation.value},
-        "output": {"name": OUTPUT_NAME, "shape": [1, 1000], "meaning": "softmax probabilities over ImageNet-1k"},
+        "output": {"name": OUTPUT_NAME, "shape": [1, num_classes()], "meaning": "softmax probabilities over ImageNet-1k"},
         "weights": {"url": entry.url, "file": entry.filename, "sha256": entry.sha256,
                     "hash": entry.describe_hash(), "size": entry.size,
                     "cached": str(cached) if cached else None},
@@ -61,7 +61,8 @@ def run_info(args: argparse.Namespace) -> int:
     inp, out, w = info["input"], info["output"], info["weights"]
     emit(f"{info['model']} ({info['family']}; width x{info['scaling']['width']}, depth x{info['scaling']['depth']}, "
           f"{info['activation']})")
-    emit(f"  stem {info['stem_channels']} -> {info['blocks']} blocks -> head {info['head_channels']} -> 1000")
+    emit(f"  stem {info['stem_channels']} -> {info['blocks']} blocks -> head {info['head_channels']} -> "
+         f"{out['shape'][1]}")
     emit("  stage  block    repeats  kernel  stride  channels  SE")
     for i, st in enumerate(info["stages"], 1):
         emit(f"  {i:>5}  {'MBConv' + str(st['expansion']):<7}  {st['repeats']:>7}  {st['kernel']}x{st['kernel']:<4}  "

@@ -1,17 +1,23 @@
-"""Options and helpers every `effnet` subcommand shares: the common flags, one-line notices on stderr,
-result lines on stdout (kept apart from progress bars), and checks that fail before minutes of work."""
+"""Options and helpers every `effnet` subcommand shares: the common flags and the one place they become an
+engine choice, one-line notices on stderr (the library's log lines among them), result lines on stdout (kept
+apart from progress bars), and checks that fail before minutes of work."""
 from __future__ import annotations
 
 import argparse
+import logging
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import TypeVar
+from typing import TYPE_CHECKING, TypeVar
 
 from ..arch import DEFAULT_MODEL, list_models
 from ..errors import OutputError
+
+if TYPE_CHECKING:
+    from ..engines import EngineChoice
 
 T = TypeVar("T")
 
@@ -27,15 +33,40 @@ def weights_option(parser: argparse.ArgumentParser) -> None:
                              "for speed tests) or a .pth/.safetensors file (default: imagenet)")
 
 
-def engine_options(parser: argparse.ArgumentParser) -> None:
+def engine_options(parser: argparse.ArgumentParser, *, precision: bool = True) -> None:
+    """--backend, --device, and (unless the command takes lists of them) --precision and --calibration."""
     from ..engines import ALL_PRECISIONS, KINDS
 
     parser.add_argument("--backend", choices=KINDS, default="auto",
-                        help="inference engine (default auto: the fastest installed, OpenVINO with effnet[openvino])")
-    parser.add_argument("--precision", choices=ALL_PRECISIONS, default=None,
-                        help="fp32; bf16 (torch, openvino); fp16, int8 (openvino; int8 needs --calibration); "
-                             "default: the engine's own, bf16 on OpenVINO where the CPU has it, else fp32")
-    parser.add_argument("--calibration", metavar="DIR", help="images to quantise an int8 model with")
+                        help="inference engine (default auto: the fastest installed for the device: OpenVINO "
+                             "on CPUs with effnet[openvino], PyTorch on NVIDIA GPUs)")
+    parser.add_argument("--device", default="auto", metavar="auto|cpu|cuda|cuda:N",
+                        help="where the network runs (default auto: the first NVIDIA GPU when PyTorch sees one, "
+                             "else the CPU)")
+    if precision:
+        parser.add_argument("--precision", choices=ALL_PRECISIONS, default=None,
+                            help="fp32; bf16 (torch, openvino); fp16 (openvino, torch on GPUs); int8 (openvino, "
+                                 "needs --calibration); default: the engine's own: bf16 on OpenVINO where the CPU "
+                                 "has it, bf16 on GPUs, else fp32")
+        parser.add_argument("--calibration", metavar="DIR", help="images to quantise an int8 model with")
+
+
+def decode_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--decode", choices=("exact", "gpu"), default="exact",
+                        help="exact (default): the accuracy checker's Pillow pipeline, pixel for pixel; gpu: "
+                             "nvJPEG and resizing on the GPU (faster, not pixel-exact; needs a CUDA device)")
+
+
+def engine_choice(args: argparse.Namespace, *, batch_size: int | None = None, local: bool = True,
+                  **options: object) -> EngineChoice:
+    """The command's engine, resolved once, here at the top: everything below receives it. A missing engine,
+    an absent GPU or int8 without photos fails now, before any download. `options`: EngineOptions fields."""
+    from ..engines import EngineOptions, graph_batch_sizes, resolve_engine
+
+    sizes = graph_batch_sizes(batch_size) if batch_size else ()
+    return resolve_engine(args.backend, getattr(args, "precision", None), device=args.device,
+                          calibration=getattr(args, "calibration", None), local=local,
+                          options=EngineOptions(batch_sizes=sizes, **options))  # type: ignore[arg-type]
 
 
 def positive_int(text: str) -> int:
@@ -63,7 +94,52 @@ def comma_list(choices: list[str] | tuple[str, ...]) -> Callable[[str], list[str
 
 def notice(line: str) -> None:
     """One line to stderr before long work, so a person knows why nothing else is happening yet."""
-    _to_stderr(f"effnet: {line}")
+    if _BARS:  # a progress bar is on screen: clear it for the line, redraw it after
+        with _BARS[-1].external_write_mode(file=sys.stderr):
+            _to_stderr(f"effnet: {line}")
+    else:
+        _to_stderr(f"effnet: {line}")
+
+
+class NoticeHandler(logging.Handler):
+    """The library's log lines (logging.getLogger("effnet")) as notices: `effnet: <message>` on stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            notice(" ".join(self.format(record).split()))
+        except Exception:  # noqa: BLE001 - logging must never stop the command
+            self.handleError(record)
+
+
+def log_to_stderr() -> Callable[[], None]:
+    """Send effnet's log lines (INFO and up) to stderr as notices for this command; returns the undo."""
+    logger = logging.getLogger("effnet")
+    handler = NoticeHandler()
+    previous = logger.level
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # the application's root handlers (none in the CLI) would print them twice
+
+    def undo() -> None:
+        logger.removeHandler(handler)
+        logger.setLevel(previous)
+        logger.propagate = True
+    return undo
+
+
+def render(exc: BaseException) -> str:
+    """An effnet error's message in the command line's words: each API parameter it names (`weights=PATH`,
+    `restart=True`) becomes the flag (`--weights PATH`, `--restart`)."""
+    text = str(exc)
+    for param in getattr(exc, "params", ()):
+        flag = FLAGS.get(param, "--" + param.replace("_", "-"))
+        name = rf"(?<![\w-]){re.escape(param)}="
+        text = re.sub(name + r"(True\b)?(?=[\s,;)]|$)", flag, text)  # a switch, or the option named alone
+        text = re.sub(name, flag + " ", text)  # the option with its value
+    return text
+
+
+FLAGS = {"formats": "--format"}  # API parameters whose flag is spelled otherwise
 
 
 def emit(text: str = "") -> None:
@@ -97,26 +173,46 @@ def stderr_is_terminal() -> bool:
         return False
 
 
-class Progress:
-    """A progress bar on stderr when it is a terminal and there is enough work to watch; silent otherwise.
+_BARS: list = []  # the tqdm bar on screen, if any: notices clear it for their line
 
-    Result lines go through `line` (stdout) and problems through `problem` (stderr): with a bar shown,
-    tqdm clears it before each line and redraws it after, so no line ever has a bar inside it.
-    """
 
-    def __init__(self, total: int, unit: str) -> None:
+class TerminalProgress:
+    """effnet.progress.Progress as a bar on stderr when it is a terminal and there is enough work to watch;
+    silent otherwise. Result lines go through `line` (stdout): with a bar shown, tqdm clears it before each
+    line and redraws it after, so no line ever has a bar inside it (notices do the same)."""
+
+    def __init__(self, unit: str = "img", *, leave: bool = False) -> None:
+        self.unit = unit
+        self.leave = leave
         self.bar = None
-        if total >= 10 and stderr_is_terminal():
+
+    def start(self, total: int, done: int = 0) -> None:
+        if total - done >= 10 and stderr_is_terminal():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, unit=unit, file=sys.stderr, leave=False, dynamic_ncols=True)
+            self.bar = tqdm(total=total, initial=done, unit=self.unit, file=sys.stderr, leave=self.leave,
+                            dynamic_ncols=True, smoothing=0.1)
+            _BARS.append(self.bar)
 
-    def __enter__(self) -> Progress:
+    def advance(self, count: int = 1) -> None:
+        if self.bar is not None:
+            self.bar.update(count)
+
+    def note(self, text: str) -> None:
+        if self.bar is not None:
+            self.bar.set_postfix_str(text, refresh=False)
+
+    def close(self) -> None:
+        if self.bar is not None:
+            _BARS.remove(self.bar)
+            self.bar.close()
+            self.bar = None
+
+    def __enter__(self) -> TerminalProgress:
         return self
 
     def __exit__(self, *exc_info: object) -> None:
-        if self.bar is not None:
-            self.bar.close()
+        self.close()
 
     def line(self, text: str) -> None:
         if self.bar is None:
@@ -125,40 +221,21 @@ class Progress:
         with self.bar.external_write_mode(file=sys.stdout):
             emit(text)
 
-    def problem(self, text: str) -> None:
-        if self.bar is None:
-            notice(text)
-            return
-        with self.bar.external_write_mode(file=sys.stderr):
-            notice(text)
 
-    def advance(self) -> None:
-        if self.bar is not None:
-            self.bar.update(1)
-
-
-def progress(items: Iterator[T], total: int, unit: str) -> Iterator[T]:
-    """`items` with a progress bar on a terminal (for loops that print nothing else while it runs)."""
-    with Progress(total, unit) as bar:
-        for item in items:
-            yield item
-            bar.advance()
-
-
-def writable_folder(path: str, flag: str) -> Path:
+def writable_folder(path: str, param: str) -> Path:
     """`path` as an existing, writable folder (created if missing), checked before long work starts;
-    an OutputError naming `flag` otherwise."""
+    an OutputError naming the option (`param`, as the API calls it) otherwise."""
     folder = Path(path).expanduser()
     reason = _unwritable(folder)
     if reason is not None:
-        raise OutputError(f"cannot write to {flag} {path}: {reason}; give a writable folder")
+        raise OutputError(f"cannot write to {param}={path}: {reason}; give a writable folder", params=(param,))
     return folder
 
 
 def cache_notice() -> None:
     """One line when effnet's cache cannot be written: engine models are then built in a temporary
     folder and thrown away at exit, so each run pays the build again."""
-    from ..weights import cache_dir
+    from ..cache_layout import cache_dir
 
     root = cache_dir()
     reason = _unwritable(root)
@@ -203,17 +280,9 @@ def download_notice(model: str, weights: object) -> bool:
     return True
 
 
-def before_engine(model: str, weights: object, backend: str, precision: str | None) -> None:
-    """What to check and say before an engine is built: the engine itself first (a missing one is named
-    before any download), then a coming download, then a cache that cannot keep the engine model (not
-    when a download into that cache comes first: its error already names the folder)."""
-    from ..backends import resolve_kind
-
-    kind = resolve_kind(backend, precision)
-    if not download_notice(model, weights) and kind != "torch":
+def before_engine(model: str, weights: object, engine: EngineChoice) -> None:
+    """What to say before an engine is built (the engine itself is resolved already): a coming download,
+    then a cache that cannot keep the engine model (not when a download into that cache comes first: its
+    error already names the folder)."""
+    if not download_notice(model, weights) and (engine.backend != "torch" or engine.compiled):
         cache_notice()
-
-
-def weights_label(sha256: str | None) -> str:
-    """The weights as a header shows them: ResolvedModel.weights_id's 16 hex digits, or 'random'."""
-    return sha256[:16] if sha256 else "random"

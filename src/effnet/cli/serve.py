@@ -7,9 +7,10 @@ from pathlib import Path
 from ..arch import list_models
 from ..errors import EffnetError
 from .options import (
+    decode_option,
     download_notice,
+    engine_choice,
     engine_options,
-    notice,
     positive_float,
     positive_int,
     weights_option,
@@ -33,12 +34,13 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="one or more models (default: efficientnet_b7)")
     weights_option(p)
     engine_options(p)
+    decode_option(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     p.add_argument("--http-port", type=port, default=8000, help="HTTP port (default 8000; 0: any free port)")
     p.add_argument("--grpc-port", type=port, default=8001, help="gRPC port (default 8001; 0: any free port)")
     p.add_argument("--no-grpc", action="store_true", help="serve HTTP only")
-    p.add_argument("--max-batch-size", type=positive_int, default=8, metavar="N",
-                   help="images per engine call, and per request (default 8)")
+    p.add_argument("--max-batch-size", type=positive_int, default=None, metavar="N",
+                   help="images per engine call, and per request (default 8 on CPUs, 64 on GPUs)")
     p.add_argument("--max-queue-delay-ms", type=float, default=2.0, metavar="MS",
                    help="how long a batch waits for requests still being decoded (default 2)")
     p.add_argument("--max-queue-size", type=positive_int, default=64, metavar="N",
@@ -64,7 +66,6 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..arch import DEFAULT_MODEL
-    from ..backends import resolve_kind
     from ..classifier import Classifier
     from ..serve import ServeOptions, serve
 
@@ -77,16 +78,17 @@ def run(args: argparse.Namespace) -> int:
         if not token:
             raise EffnetError(f"{args.token_file} holds an empty token")
     models = args.model or [DEFAULT_MODEL]
-    resolve_kind(args.backend, args.precision)
+    # The scheduler's batches are 1..max_batch_size images: a GPU engine records both ends of that range.
+    engine = engine_choice(args, batch_size=args.max_batch_size)
     classifiers = []
     for name in dict.fromkeys(models):
         download_notice(name, args.weights)
-        classifiers.append(Classifier(name, args.weights, backend=args.backend, precision=args.precision,
-                                      calibration=args.calibration, batch_size=args.max_batch_size,
-                                      max_pixels=args.max_pixels, log=notice))
+        classifiers.append(Classifier(name, args.weights, backend=engine, batch_size=args.max_batch_size,
+                                      max_pixels=args.max_pixels, decode=args.decode))
     options = ServeOptions(host=args.host, http_port=args.http_port,
                            grpc_port=None if args.no_grpc else args.grpc_port,
-                           max_batch_size=args.max_batch_size, max_queue_delay_ms=args.max_queue_delay_ms,
+                           max_batch_size=args.max_batch_size or engine.batch_size,
+                           max_queue_delay_ms=args.max_queue_delay_ms,
                            max_queue_size=args.max_queue_size, request_timeout_ms=args.request_timeout_ms,
                            max_request_bytes=args.max_request_bytes, token=token, cors_origins=args.cors_origin,
                            drain_timeout=args.drain_timeout, decode_workers=args.decode_workers)

@@ -15,13 +15,14 @@ _Z95 = 1.959963984540054  # two-sided 95 % normal quantile
 
 @dataclass(frozen=True)
 class Configuration:
-    """One column of the table: an inference engine and the precision it runs at."""
+    """One column of the table: an inference engine, the precision it runs at, and its device."""
 
     backend: str = "torch"
     precision: str = "fp32"
+    device: str = "cpu"
 
     def __str__(self) -> str:
-        return f"{self.backend} {self.precision}"
+        return f"{self.backend} {self.precision}" + (f" {self.device}" if self.device != "cpu" else "")
 
 
 def wilson_interval(successes: int, n: int, z: float = _Z95) -> tuple[float, float]:
@@ -106,18 +107,20 @@ class EvalResult:
         """JSON-ready: count/top1/top5 of the reference at the top, every configuration below."""
         def config(c: ConfigResult) -> dict[str, Any]:
             return {"backend": c.configuration.backend, "precision": c.configuration.precision,
+                    "device": c.configuration.device,
                     "count": c.count, "top1": round(c.top1, 4), "top5": round(c.top5, 4),
                     "top1_ci95": [round(v, 4) for v in c.top1_interval],
                     "top5_ci95": [round(v, 4) for v in c.top5_interval],
                     "throughput": round(c.throughput, 2) if c.throughput else None}
         card = self.card
         return {
-            **{k: v for k, v in config(self.configurations[0]).items() if k not in ("backend", "precision")},
+            **{k: v for k, v in config(self.configurations[0]).items() if k not in ("backend", "precision", "device")},
             "model": self.model.name, "weights_sha256": self.model.weights_sha256,
             "official_weights": self.model.official_weights, "dataset": self.dataset,
             "card": {"top1": card[0], "top5": card[1]} if card else None,
             "configurations": [config(c) for c in self.configurations],
             "agreement": [{"backend": a.configuration.backend, "precision": a.configuration.precision,
+                           "device": a.configuration.device,
                            "reference": str(a.reference), "top1_agreement": round(a.top1, 4),
                            "max_abs_dprob": a.max_abs_dprob} for a in self.agreement],
             "failed": [{"image": key, "error": why} for key, why in self.failed],
@@ -155,13 +158,13 @@ class EvalResult:
         if self.results_file:
             lines.append(f"Per-image results: {self.results_file}")
         elif self.model.random_weights:
-            lines.append("Random weights: results are not kept (every run draws new weights).")
+            lines.append("Random weights: results are not kept.")
         if self.failed:
             lines.append(f"{len(self.failed)} unreadable image(s) excluded:")
             shown = self.failed if max_failed is None else self.failed[:max_failed]
             lines += [f"- {key}: {why}" for key, why in shown]
             if len(shown) < len(self.failed):
-                lines.append(f"- ... and {len(self.failed) - len(shown)} more (see --json)")
+                lines.append(f"- ... and {len(self.failed) - len(shown)} more in the JSON form)")
         return "\n".join(lines) + "\n"
 
 

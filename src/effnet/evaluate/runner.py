@@ -1,16 +1,16 @@
-"""Running an evaluation: the labelled images through one or more classifiers in lockstep, resumable.
+"""Running an evaluation: the labelled images through one decoder and N backends in lockstep, resumable.
 
-Images stream through the lead Classifier's decode stage (`Classifier.decode_batches`): each file is
-read once, in the decode threads; its bytes are hashed (the resume key, see store.py) and decoded, and
-every configuration then infers the same crops, each engine timed on its own. Each image stores, per
-configuration, its top-5 indices and probabilities, plus max |p_k - p_0| over the 1000 classes against
-the first configuration: all the card's table needs, at ~100 bytes per image and configuration.
+Images stream through the accuracy checker's decoder (`PillowDecoder.checker`: no EXIF orientation): each
+file is read once, in the decode threads; its bytes are hashed (the resume key, see store.py) and decoded,
+and every backend then infers the same crops, each timed on its own. Each image stores, per configuration,
+its top-5 indices and probabilities, plus max |p_k - p_0| over the classes against the first configuration:
+all the card's table needs, at ~100 bytes per image and configuration.
 """
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
-import sys
 import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
@@ -19,14 +19,17 @@ from pathlib import Path
 import numpy as np
 
 from ..arch import DEFAULT_MODEL
-from ..classifier import Classifier, Decoded
+from ..backends import Backend, create_backend
+from ..cache_layout import RESULTS_FILE
+from ..contract import ranked
 from ..datasets import Dataset, Sample, load_dataset
+from ..decode import Decoded, EncodedImage, PillowDecoder
+from ..engines import AUTO, PRECISIONS, EngineChoice, resolve_engine
 from ..errors import ImageError
-from ..preprocessing import EncodedImage
-from ..resolved import ResolvedModel, Weights, resolve
+from ..progress import NoProgress, Progress
+from ..resolved import UNSET, ResolvedModel, Weights, resolve
 from .report import Agreement, ConfigResult, Configuration, EvalResult
 from .store import (
-    RESULTS_FILE,
     Record,
     ResultStore,
     content_digests,
@@ -38,6 +41,7 @@ from .store import (
 )
 
 TOP = 5
+log = logging.getLogger(__name__)
 
 
 class _Tally:
@@ -87,38 +91,36 @@ class _Image:
 
 
 class Evaluation:
-    """One dataset through one or more classifiers in lockstep, resumable through a results file.
+    """One dataset through one or more backends in lockstep, resumable through a results file.
 
-    The classifiers must share the model's preprocessing (each image is decoded once for all of
-    them) and must not apply EXIF orientation: the accuracy checker does not, and neither does this.
-    Stored predictions are reused only where the image's content still matches (checked here, reading
-    each stored image once); everything else is pending.
+    Every image is decoded once, by the accuracy checker's decoder for `model` (its preprocessing, no EXIF
+    orientation), and the crops go to each backend. Stored predictions are reused only where the image's
+    content still matches (checked here, reading each stored image once); everything else is pending.
     """
 
-    def __init__(self, dataset: Dataset, classifiers: Classifier | Sequence[Classifier],
-                 results_file: str | os.PathLike | None = None) -> None:
-        self.classifiers = [classifiers] if isinstance(classifiers, Classifier) else list(classifiers)
-        if not self.classifiers:
-            raise ValueError("Evaluation needs at least one classifier")
-        lead = self.classifiers[0]
-        if any(c.config != lead.config for c in self.classifiers):
-            raise ValueError("all classifiers of one evaluation must share the model's preprocessing")
-        if any(c.exif_transpose for c in self.classifiers):
-            raise ValueError("the accuracy checker ignores EXIF orientation: use Classifier(..., exif_transpose=False)")
+    def __init__(self, dataset: Dataset, model: ResolvedModel, backends: Sequence[Backend],
+                 results_file: str | os.PathLike | None = None, *, batch_size: int = 8,
+                 decode_workers: int | None = None) -> None:
+        if not backends:
+            raise ValueError("Evaluation needs at least one backend")
+        self.model = model
+        self.backends = list(backends)
+        self.decoder = PillowDecoder.checker(model.preprocess, workers=decode_workers)
+        self.batch_size = batch_size
         self.dataset = dataset
-        self.configurations = [Configuration(c.backend.name, c.backend.precision) for c in self.classifiers]
-        self.store = ResultStore(results_file, len(self.classifiers))
+        self.configurations = [Configuration(b.name, b.precision, b.device) for b in self.backends]
+        self.store = ResultStore(results_file, len(self.backends))
         self.results_file = self.store.path
-        self.tally = _Tally(len(self.classifiers))
+        self.tally = _Tally(len(self.backends))
         self._done: set[str] = set()  # image keys with a prediction counted in the tally
         stored_keys = self.store.stored_keys()
         stored = [s for s in dataset.samples if s.key in stored_keys]
-        for sample, digest in zip(stored, content_digests([s.path for s in stored], lead.decode_workers)):
+        for sample, digest in zip(stored, content_digests([s.path for s in stored], self.decoder.workers)):
             record = self.store.prediction(sample.key, digest)
             if record is not None:
                 self._count(record, sample)
         self.reused = len(self._done)  # predictions read back instead of computed
-        self._engine_seconds = [0.0] * len(self.classifiers)
+        self._engine_seconds = [0.0] * len(self.backends)
         self.evaluated_now = 0
         self.seconds = 0.0
 
@@ -136,12 +138,12 @@ class Evaluation:
         images = [_Image(s) for s in self.pending()]
         try:
             with self.store.appending() as store, \
-                    contextlib.closing(self.classifiers[0].decode_batches(images, _Image.content)) as batches:
+                    contextlib.closing(self.decoder.batches(images, self.batch_size, _Image.content)) as batches:
                 for batch in batches:
                     for d in batch:
                         if d.error is not None:  # one bad file is listed and excluded, not fatal
                             yield self._keep(store, d.item.failure(d.error), d.item.sample)
-                    yield from self._infer(store, [d for d in batch if d.crop is not None])
+                    yield from self._infer(store, [d for d in batch if d.failure is None])
         finally:
             self.seconds += time.perf_counter() - start
 
@@ -156,19 +158,19 @@ class Evaluation:
             Agreement(cfg, self.configurations[0], 100 * t.agree[i] / t.count if t.count else 0.0, t.max_dprob[i])
             for i, cfg in enumerate(self.configurations[1:]))
         dataset = f"{self.dataset.source} ({self.dataset.layout.value}, {len(self.dataset)} images)"
-        return EvalResult(self.classifiers[0].resolved, dataset, configs, agreement, tuple(sorted(t.failed.items())),
+        return EvalResult(self.model, dataset, configs, agreement, tuple(sorted(t.failed.items())),
                           self.evaluated_now, self.seconds, self.results_file)
 
     def _infer(self, store: Callable[[Record], None], batch: list[Decoded[_Image]]) -> Iterator[Record]:
         if not batch:
             return
-        crops = np.stack([d.crop for d in batch])
+        crops = self.decoder.stack([d.crop for d in batch])
         probs = []
-        for i, classifier in enumerate(self.classifiers):
+        for i, backend in enumerate(self.backends):
             t0 = time.perf_counter()
-            probs.append(np.asarray(classifier.backend.predict(crops), dtype=np.float32))
+            probs.append(np.asarray(backend.predict(crops), dtype=np.float32))
             self._engine_seconds[i] += time.perf_counter() - t0
-        tops = [np.argsort(-p, axis=1, kind="stable")[:, :TOP] for p in probs]
+        tops = [ranked(p, TOP) for p in probs]
         dprob = [np.abs(p - probs[0]).max(axis=1) for p in probs[1:]]
         self.evaluated_now += len(batch)
         for j, d in enumerate(batch):
@@ -192,74 +194,61 @@ class Evaluation:
 
 # ---- one call: build, resume, run, summarise ---------------------------------------------------
 
-def configurations(backends: Sequence[str], precisions: Sequence[str]) -> list[Configuration]:
-    """Every backend x precision pair an engine runs, in the order given (the first is the reference).
-
-    `--backend torch,openvino --precision fp32,int8` gives torch fp32, openvino fp32, openvino int8:
-    pairs no engine runs are dropped, unless that leaves nothing (then the engine's error is raised).
-    Each engine is checked (installed, importable) here, before any data is read or weights fetched.
+def eval_engines(backends: Sequence[str], precisions: Sequence[str], *, device: str = AUTO,
+                 calibration: str | os.PathLike | None = None) -> list[EngineChoice]:
+    """Every backend x precision pair a backend runs on `device` ('auto': a GPU for torch when there is one),
+    in the order given (the first is the reference), each resolved: `torch,openvino` x `fp32,int8` gives torch
+    fp32, openvino fp32, openvino int8. Pairs no backend runs are dropped, unless that leaves nothing for a
+    precision (then the backend's error is raised). Every backend is checked (installed, importable) here,
+    before any data is read or weights fetched.
     """
-    from ..backends import PRECISIONS, resolve_kind
-
-    for b in backends:
-        resolve_kind(b)  # an unknown or missing engine is an error, never silently dropped
-    runnable = [(b, p) for b in backends for p in precisions if b == "auto" or p in PRECISIONS[b]]
+    where = {b: resolve_engine(b, device=device).device for b in backends}  # unknown or missing: an error
+    runnable = [(b, p) for b in backends for p in precisions
+                if b == AUTO or p in PRECISIONS[b].get(where[b].type, ())]
     for p in precisions:
         if not any(q == p for _, q in runnable):
-            resolve_kind(backends[-1], p)  # raises, e.g. "onnxruntime runs fp32, not int8"
-    for b, p in runnable:
-        resolve_kind(b, p)  # "auto" with a precision no installed engine runs
-    return list(dict.fromkeys(Configuration(b, p) for b, p in runnable))
-
-
-def build_classifier(model: ResolvedModel, configuration: Configuration = Configuration(),
-                     batch_size: int = 8, calibration: str | os.PathLike | None = None,
-                     log: Callable[[str], None] = lambda _: None) -> Classifier:
-    """A Classifier for one column of the table, preprocessing exactly as the accuracy checker does."""
-    return Classifier(model, backend=configuration.backend, precision=configuration.precision,
-                      calibration=calibration, batch_size=batch_size, exif_transpose=False, log=log)
+            resolve_engine(backends[-1], p, device=device)  # raises, e.g. "onnxruntime runs fp32, not int8"
+    engines = [resolve_engine(b, p, device=str(where[b]), calibration=calibration)
+               for b, p in dict.fromkeys(runnable)]
+    return list(dict.fromkeys(engines))
 
 
 def evaluate(data: str | os.PathLike | Dataset, *, model: str | ResolvedModel = DEFAULT_MODEL,
-             weights: Weights = "imagenet", configurations: Sequence[Configuration] = (Configuration(),),
+             weights: Weights = UNSET, engines: Sequence[EngineChoice] | None = None,
              annotations: str | os.PathLike | None = None, limit: int | None = None, batch_size: int = 8,
-             calibration: str | os.PathLike | None = None, resume_dir: str | os.PathLike | None = None,
-             progress: bool | None = None, log: Callable[[str], None] = lambda _: None) -> EvalResult:
+             resume_dir: str | os.PathLike | None = None, progress: Progress | None = None) -> EvalResult:
     """Top-1/top-5 of `model` on the labelled images in `data` (a folder or labels file, see
-    load_dataset, or a loaded Dataset), one result per configuration.
+    load_dataset, or a loaded Dataset), one column per engine (default: torch fp32 on the CPU, the card's
+    original model).
 
     Results go to a run folder under `resume_dir` (default: effnet's cache); running again reuses every
-    stored prediction whose image is unchanged (random weights are never stored). `progress` (default:
-    stderr is a terminal) shows a tqdm bar on stderr, closed before this returns. `calibration` is the
-    image folder int8 models are quantised with. `log` hears a line before long work.
+    stored prediction whose image is unchanged (random weights are never stored). `progress` hears how many
+    images are done and the running accuracy.
     """
-    from ..backends import resolve_kind
-
-    for c in configurations:
-        resolve_kind(c.backend, c.precision)  # a missing engine fails before the data is read or weights fetched
+    engines = list(engines) if engines else [resolve_engine("torch", "fp32", device="cpu")]
     dataset = (data if isinstance(data, Dataset) else load_dataset(data, annotations)).subset(limit)
     model = resolve(model, weights)
-    classifiers = [build_classifier(model, c, batch_size, calibration, log) for c in configurations]
-    resolved = [Configuration(c.backend.name, c.backend.precision) for c in classifiers]  # "auto" -> its engine
+    backends = [create_backend(model, e) for e in engines]
+    columns = [Configuration(b.name, b.precision, b.device) for b in backends]
     results_file: Path | None = None
     if not model.random_weights:
-        identity = run_identity(model, resolved, calibration)
+        calibration = next((e.calibration for e in engines if e.calibration is not None), None)
+        identity = run_identity(model, columns, calibration)
         folder = run_folder(resume_dir if resume_dir is not None else default_resume_dir(), identity)
         folder.mkdir(parents=True, exist_ok=True)
-        write_run_file(folder, identity)
+        write_run_file(folder, identity, dataset)
         results_file = folder / RESULTS_FILE
         if results_file.exists():
-            log("checking stored results against the images' content")
-    evaluation = Evaluation(dataset, classifiers, results_file)
-    show = sys.stderr.isatty() if progress is None else progress
-    from tqdm import tqdm
-
-    with tqdm(total=len(dataset), initial=evaluation.reused, unit="img", file=sys.stderr, disable=not show,
-              desc="eval") as bar:
+            log.info("checking stored results against the images' content")
+    evaluation = Evaluation(dataset, model, backends, results_file, batch_size=batch_size)
+    progress = progress or NoProgress()
+    progress.start(len(dataset), evaluation.reused)
+    try:
         for _ in evaluation.run():
             t = evaluation.tally
             if t.count:
-                bar.set_postfix_str(f"top1 {100 * t.top1[0] / t.count:.2f} top5 {100 * t.top5[0] / t.count:.2f}",
-                                    refresh=False)
-            bar.update()
+                progress.note(f"top1 {100 * t.top1[0] / t.count:.2f} top5 {100 * t.top5[0] / t.count:.2f}")
+            progress.advance()
+    finally:
+        progress.close()
     return evaluation.result()

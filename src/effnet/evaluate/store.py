@@ -1,5 +1,6 @@
 """The resume store of `effnet eval`: a run folder per (model, weights, configurations, calibration set),
-and in it ``results.jsonl``, one JSON line per image, appended and flushed as each image finishes.
+and in it ``results.jsonl``, one JSON line per image, appended and flushed as each image finishes, and
+``run.json``, the run's identity plus the dataset it last ran on (what `effnet cache` shows).
 
 A stored prediction is reused only for the same image key *and* the same content: each record holds the
 sha256 of the file's bytes, the very bytes its crop was decoded from. An image replaced under the same
@@ -23,19 +24,18 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
-from ..preprocessing import image_files
+from ..cache_layout import RESULTS_FILE, RUN_FILE, CacheLayout
+from ..calibration import CalibrationSet
+from ..datasets import Dataset
 from ..resolved import ResolvedModel
-from ..weights import cache_dir
 from .report import Configuration
 
 FORMAT = 3  # in every run folder's identity: results of an older record format are never read
-RESULTS_FILE = "results.jsonl"
-RUN_FILE = "run.json"
 Record = dict[str, Any]
 
 
 def default_resume_dir() -> Path:
-    return cache_dir() / "eval"
+    return CacheLayout.default().eval
 
 
 def content_sha256(data: bytes) -> str:
@@ -57,31 +57,24 @@ def content_digests(paths: Sequence[Path], workers: int) -> list[str | None]:
         return list(pool.map(file_content_sha256, paths))
 
 
-def calibration_sha256(folder: str | os.PathLike) -> str:
-    """The int8 calibration set's identity: every image's relative name and content."""
-    digest = hashlib.sha256()
-    for path in image_files(folder):
-        digest.update(f"{path.relative_to(folder).as_posix()}\0{file_content_sha256(path)}\n".encode())
-    return digest.hexdigest()
-
-
 def run_identity(model: ResolvedModel, configurations: Sequence[Configuration],
-                 calibration: str | os.PathLike | None = None) -> dict[str, Any]:
+                 calibration: CalibrationSet | None = None) -> dict[str, Any]:
     """Everything besides the images that determines a stored prediction, as plain data.
 
-    `configurations` must be resolved (no "auto", no default precision). Random weights differ on every
-    run, so they get an identity of their own that nothing else shares.
+    `configurations` are what the engines run (no "auto", no default precision); a column's device is named
+    where it is not the CPU. Random weights are never stored, so they get an identity nothing else shares.
     """
     int8 = any(c.precision == "int8" for c in configurations)
     return {"format": FORMAT, "model": model.name, "weights_sha256": model.weights_sha256 or f"random-{uuid.uuid4()}",
-            "configurations": [[c.backend, c.precision] for c in configurations],
-            "calibration_sha256": calibration_sha256(calibration) if int8 and calibration else None,
+            "configurations": [[c.backend, c.precision] + ([c.device] if c.device != "cpu" else [])
+                               for c in configurations],
+            "calibration_sha256": calibration.sha256 if int8 and calibration else None,
             "preprocess": "omz-accuracy-checker, no EXIF"}
 
 
 def run_directory(resume_dir: str | os.PathLike, model: ResolvedModel, configurations: Sequence[Configuration],
-                  calibration: str | os.PathLike | None = None) -> Path:
-    """The folder of one run identity, shared by every dataset and --limit (each record carries its
+                  calibration: CalibrationSet | None = None) -> Path:
+    """The folder of one run identity, shared by every dataset and subset (each record carries its
     image's content digest)."""
     return run_folder(resume_dir, run_identity(model, configurations, calibration))
 
@@ -89,15 +82,17 @@ def run_directory(resume_dir: str | os.PathLike, model: ResolvedModel, configura
 def run_folder(resume_dir: str | os.PathLike, identity: dict[str, Any]) -> Path:
     """``<resume_dir>/<model>-<columns>-<hash of the identity>``: readable, and unique per identity."""
     digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:12]
-    columns = "+".join(f"{backend}-{precision}" for backend, precision in identity["configurations"])
+    columns = "+".join("-".join(column) for column in identity["configurations"]).replace(":", "")
     return Path(resume_dir) / f"{identity['model']}-{columns}-{digest}"
 
 
-def write_run_file(folder: Path, identity: dict[str, Any]) -> None:
-    """A human-readable note of what the folder holds (its name ends in a hash)."""
-    path = folder / RUN_FILE
-    if not path.exists():
-        path.write_text(json.dumps(identity, indent=2) + "\n", encoding="utf-8")
+def write_run_file(folder: Path, identity: dict[str, Any], dataset: Dataset) -> None:
+    """A human-readable note of what the folder holds (its name ends in a hash): the identity, and the
+    dataset this run evaluates (the folder is shared by every dataset and subset of the same identity)."""
+    note = {**identity, "dataset": str(dataset.source), "images": len(dataset)}
+    tmp = folder / f".{RUN_FILE}.{os.getpid()}"
+    tmp.write_text(json.dumps(note, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, folder / RUN_FILE)
 
 
 class ResultStore:

@@ -3,43 +3,26 @@ effnet version, calibration set) and reused by every later process."""
 from __future__ import annotations
 
 import atexit
-import hashlib
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
-from ..errors import EffnetError
-from ..preprocessing import folder_images
+from ..cache_layout import EXPORT_DONE, CacheLayout
+from ..calibration import CalibrationSet
 from ..resolved import ResolvedModel
-from ..weights import cache_dir
 from .metadata import describe
 from .onnx import export_onnx
 from .openvino import save_ir
-from .quantize import DEFAULT_SUBSET, split_holdout
 
-_MARKER = "complete"
 _scratch: Path | None = None  # random-weights exports: not reusable, so kept for this process only
 
 
-def exports_dir(root: str | os.PathLike[str] | None = None) -> Path:
-    """Where exported models live: <effnet cache>/exports unless `root` is given."""
-    return Path(root) if root is not None else cache_dir() / "exports"
-
-
-def calibration_key(folder: str | os.PathLike[str], subset_size: int) -> str:
-    """Names, sizes and times of the calibration images: a changed folder means a new int8 model."""
-    digest = hashlib.sha256(str(subset_size).encode())
-    for path in folder_images(folder, "--calibration"):
-        st = path.stat()
-        digest.update(f"{path.relative_to(folder)}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
-    return digest.hexdigest()
-
-
 def export_key(resolved: ResolvedModel, fmt: str, precision: str, batch: int | None,
-               calibration: str | os.PathLike[str] | None = None, subset_size: int = DEFAULT_SUBSET) -> str | None:
-    """The cache directory name of one exported model; None where it cannot be reused (random weights)."""
+               calibration: CalibrationSet | None = None) -> str | None:
+    """The cache directory name of one exported model; None where it cannot be reused (random weights).
+    An int8 model is keyed by its calibration set's identity (the photos' names and contents)."""
     from .. import __version__
 
     if resolved.weights_sha256 is None:
@@ -47,7 +30,7 @@ def export_key(resolved: ResolvedModel, fmt: str, precision: str, batch: int | N
     parts = [resolved.name, resolved.weights_id, fmt, precision, "bdyn" if batch is None else f"b{batch}",
              f"v{__version__}"]
     if precision == "int8" and calibration is not None:
-        parts.append("cal" + calibration_key(calibration, subset_size)[:12])
+        parts.append("cal" + calibration.sha256[:12])
     return "-".join(parts)
 
 
@@ -59,8 +42,7 @@ def _scratch_dir() -> Path:
     return _scratch
 
 
-def cached(key: str | None, filename: str, root: str | os.PathLike[str] | None,
-           build: Callable[[Path], None]) -> Path:
+def cached(key: str | None, filename: str, layout: CacheLayout | None, build: Callable[[Path], None]) -> Path:
     """`key`'s directory holding `filename`, calling build(path) first if it is not there yet.
 
     Built in a temporary sibling folder and renamed into place, so a killed build leaves nothing that
@@ -70,59 +52,43 @@ def cached(key: str | None, filename: str, root: str | os.PathLike[str] | None,
         target = Path(tempfile.mkdtemp(dir=_scratch_dir()))
         build(target / filename)
         return target / filename
-    final = exports_dir(root) / key
-    if (final / _MARKER).exists():
+    final = (layout or CacheLayout.default()).exports / key
+    if (final / EXPORT_DONE).exists():
         return final / filename
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
     except OSError:  # a read-only (or misplaced) cache: build for this process only; the CLI says so
-        return cached(None, filename, root, build)
+        return cached(None, filename, layout, build)
     try:
         build(work / filename)
-        (work / _MARKER).touch()
+        (work / EXPORT_DONE).touch()
         try:
             os.rename(work, final)
         except OSError:  # another process finished first: keep its copy
-            if not (final / _MARKER).exists():
+            if not (final / EXPORT_DONE).exists():
                 raise
     finally:
         shutil.rmtree(work, ignore_errors=True)
     return final / filename
 
 
-def cached_onnx(resolved: ResolvedModel, *, batch: int | None = None,
-                root: str | os.PathLike[str] | None = None) -> Path:
+def cached_onnx(resolved: ResolvedModel, *, batch: int | None = None, layout: CacheLayout | None = None) -> Path:
     """The card's ONNX file (the original model) for `resolved`, exported on first use."""
     def build(path: Path) -> None:
         model = resolved.create_model(input_size=resolved.input_size)
         export_onnx(model, path, batch=batch, metadata=describe(resolved, color="RGB", folded=False))
 
-    return cached(export_key(resolved, "onnx", "fp32", batch), "model.onnx", root, build)
-
-
-def calibration_split(calibration: str | os.PathLike[str] | None, precision: str,
-                      subset_size: int = DEFAULT_SUBSET) -> tuple[list[Path], list[Path]]:
-    """(calibration files, held-out files) for int8; int8 without a folder is refused up front."""
-    if precision != "int8":
-        return [], []
-    if calibration is None:
-        raise EffnetError("int8 needs --calibration DIR: a folder of a few hundred representative photos")
-    return split_holdout(folder_images(calibration, "--calibration"), subset_size)
+    return cached(export_key(resolved, "onnx", "fp32", batch), "model.onnx", layout, build)
 
 
 def cached_ir(resolved: ResolvedModel, *, precision: str = "fp32", batch: int | None = None,
-              calibration: str | os.PathLike[str] | None = None, subset_size: int = DEFAULT_SUBSET,
-              root: str | os.PathLike[str] | None = None) -> Path:
+              calibration: CalibrationSet | None = None, layout: CacheLayout | None = None) -> Path:
     """The card's IR (`.xml`) for `resolved` at `precision` (fp32, fp16, int8), built on first use.
-    int8 needs `calibration`, a folder of images (every fifth kept out, as in export)."""
+    int8 is quantised on `calibration` (every fifth photo kept out, as in export)."""
     from .build import build_ir
 
-    files, _ = calibration_split(calibration, precision, subset_size)
-
     def build(path: Path) -> None:
-        save_ir(build_ir(resolved, precision, batch=batch, calibration_files=files, subset_size=subset_size),
-                path, precision)
+        save_ir(build_ir(resolved, precision, batch=batch, calibration=calibration), path, precision)
 
-    key = export_key(resolved, "openvino", precision, batch, calibration, subset_size)
-    return cached(key, "model.xml", root, build)
+    return cached(export_key(resolved, "openvino", precision, batch, calibration), "model.xml", layout, build)

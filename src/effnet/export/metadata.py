@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 
-from ..engines import INPUT_NAME, OUTPUT_NAME
+from ..contract import INPUT_NAME, OUTPUT_NAME
 from ..labels import imagenet_labels
 from ..resolved import ResolvedModel
 

@@ -10,8 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..engines import INPUT_NAME as INPUT
-from ..engines import OUTPUT_NAME as OUTPUT
+from ..contract import INPUT_NAME as INPUT
+from ..contract import OUTPUT_NAME as OUTPUT
 from ..model import EfficientNet
 from ..optional import require
 

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from ..engines import INPUT_NAME
+from ..contract import INPUT_NAME
 from ..optional import require
 from ..preprocessing import PreprocessConfig
 from .metadata import SECTION

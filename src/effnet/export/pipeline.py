@@ -1,35 +1,40 @@
 """`effnet export`: build the model, write the card's ONNX and/or IR (fp32, fp16, int8), verify each."""
 from __future__ import annotations
 
+import logging
 import os
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from ..engines import FILE_PRECISIONS as PRECISIONS
+from ..calibration import CalibrationSet
+from ..engines import FILE_PRECISIONS
 from ..errors import EffnetError
-from ..preprocessing import PreprocessConfig, folder_images
+from ..files import folder_images
+from ..preprocessing import PreprocessConfig
 from ..resolved import ResolvedModel
 from .build import ir_from_onnx
 from .metadata import describe
 from .onnx import export_onnx, run_onnx
 from .openvino import bgr_nchw, run_ir, save_ir
-from .quantize import DEFAULT_SUBSET, load_crops, split_holdout
+from .quantize import load_crops
 from .verify import (
     FP32_TOLERANCE,
-    Agreement,
+    Parity,
     compare,
     example_crops,
     normalized_nchw,
     torch_probabilities,
 )
 
+log = logging.getLogger(__name__)
+
 FORMATS = ("onnx", "openvino")
 VERIFY_IMAGES = 8  # fp32/fp16 parity: a few images prove the graph; agreement statistics need more
-VERIFY_EXTRA = 16  # photos taken from --images DIR: enough to see a problem, bounded for B7's speed
+VERIFY_EXTRA = 16  # photos taken from `images`: enough to see a problem, bounded for B7's speed
 
 
 class ParityError(EffnetError):
@@ -43,70 +48,71 @@ class Exported:
     format: str
     precision: str
     path: Path
-    agreement: Agreement | None = None
+    parity: Parity | None = None
 
 
-def check_request(formats: Sequence[str], precision: str, calibration: str | os.PathLike[str] | None) -> None:
+def check_request(formats: Sequence[str], precision: str, calibration: CalibrationSet | None) -> None:
     """Refuse impossible combinations before minutes of work."""
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
-        raise EffnetError(f"unknown format {', '.join(unknown) or '(none)'}; choose from {', '.join(FORMATS)}")
-    if precision not in PRECISIONS:
-        raise EffnetError(f"unknown precision {precision!r}; choose from {', '.join(PRECISIONS)}")
+        raise EffnetError(f"unknown formats={','.join(unknown) or '(none)'}; choose from {', '.join(FORMATS)}",
+                          params=("formats",))
+    if precision not in FILE_PRECISIONS:
+        raise EffnetError(f"unknown precision={precision}; choose from {', '.join(FILE_PRECISIONS)}",
+                          params=("precision",))
     if precision != "fp32" and "openvino" not in formats:
-        raise EffnetError(f"ONNX export is fp32 (the card's original model); {precision} needs --format openvino")
+        raise EffnetError(f"ONNX export is fp32 (the card's original model); precision={precision} needs "
+                          f"formats=openvino", params=("precision", "formats"))
     if precision == "int8" and calibration is None:
-        raise EffnetError("int8 needs --calibration DIR: a folder of a few hundred representative photos")
+        raise EffnetError("precision=int8 needs calibration=DIR: a folder of a few hundred representative photos",
+                          params=("precision", "calibration"))
 
 
 def ir_filename(name: str, precision: str) -> str:
     return f"{name}.xml" if precision == "fp32" else f"{name}-{precision}.xml"
 
 
-def export_model(resolved: ResolvedModel, *, output: str | os.PathLike[str], formats: Sequence[str] = ("onnx",), precision: str = "fp32", batch: int | None = 1,
-                 calibration: str | os.PathLike[str] | None = None, subset_size: int = DEFAULT_SUBSET,
-                 verify: bool = True, images: str | os.PathLike[str] | None = None,
-                 log: Callable[[str], None] = lambda _: None) -> list[Exported]:
-    """Write `name` in each of `formats` under `output`; ONNX is always fp32, `precision` is the IR's.
+def export_model(resolved: ResolvedModel, *, output: str | os.PathLike[str], formats: Sequence[str] = ("onnx",),
+                 precision: str = "fp32", batch: int | None = 1, calibration: CalibrationSet | None = None,
+                 verify: bool = True, images: str | os.PathLike[str] | None = None) -> list[Exported]:
+    """Write `resolved` in each of `formats` under `output`; ONNX is always fp32, `precision` is the IR's.
 
     With `verify`, each file is run next to PyTorch on real photos (`verification_crops`): fp32
     probabilities must match within 1e-4 (else ParityError), fp16 and int8 report their agreement.
-    int8 is calibrated on `calibration`'s images, every fifth one kept back to measure agreement on
-    images it did not see. `images`: a folder of more photos to verify on.
+    int8 is calibrated on `calibration`'s photos, every fifth one kept back to measure agreement on
+    photos it did not see. `images`: a folder of more photos to verify on.
     """
     check_request(formats, precision, calibration)
     config, name = resolved.preprocess, resolved.name
     output = Path(output)
-    log(f"building {name} (weights {resolved.weights_id}) at {config.input_size}x{config.input_size}")
+    log.info("building %s (weights %s) at %dx%d", name, resolved.weights_id, config.input_size, config.input_size)
     model = resolved.create_model(input_size=config.input_size)
-    calib_files, held_files = (split_holdout(folder_images(calibration, "--calibration"), subset_size)
-                               if calibration is not None else ([], []))
+    _, held_files = calibration.split() if calibration is not None else ([], [])
     samples, reference = None, None
     if verify:
         # int8 is judged on every held-out photo; fp32/fp16 parity needs only a few inputs.
         held = held_files if precision == "int8" else held_files[:VERIFY_IMAGES]
         samples = verification_crops(config, images=images, held_out=held)
-        log(f"running the PyTorch reference on {len(samples)} photos")
+        log.info("running the PyTorch reference on %d photos", len(samples))
         reference = torch_probabilities(model, samples, config)
     results: list[Exported] = []
     with tempfile.TemporaryDirectory(prefix="effnet-export-") as tmp:
         onnx_path = output / f"{name}.onnx" if "onnx" in formats else Path(tmp) / f"{name}.onnx"
-        log(f"exporting ONNX ({'dynamic' if batch is None else batch} batch)")
+        log.info("exporting ONNX (%s batch)", "dynamic" if batch is None else batch)
         export_onnx(model, onnx_path, batch=batch, metadata=describe(resolved, color="RGB", folded=False))
         if "onnx" in formats:
-            agreement = None
+            parity = None
             if reference is not None:
                 probs = run_onnx(onnx_path, normalized_nchw(samples, config))
-                agreement = check_parity(reference, probs, "fp32", "onnx")
-            results.append(Exported("onnx", "fp32", onnx_path, agreement))
+                parity = check_parity(reference, probs, "fp32", "onnx")
+            results.append(Exported("onnx", "fp32", onnx_path, parity))
         if "openvino" in formats:
-            ir = ir_from_onnx(resolved, onnx_path, precision, calibration_files=calib_files,
-                              subset_size=subset_size, log=log)
+            ir = ir_from_onnx(resolved, onnx_path, precision, calibration=calibration)
             xml = save_ir(ir, output / ir_filename(name, precision), precision)
-            agreement = None
+            parity = None
             if reference is not None:
-                agreement = check_parity(reference, run_ir(xml, bgr_nchw(samples)), precision, "openvino")
-            results.append(Exported("openvino", precision, xml, agreement))
+                parity = check_parity(reference, run_ir(xml, bgr_nchw(samples)), precision, "openvino")
+            results.append(Exported("openvino", precision, xml, parity))
     return results
 
 
@@ -117,9 +123,7 @@ def verification_crops(config: PreprocessConfig, *, images: str | os.PathLike[st
     calibration photos. Always real photos, never synthetic patterns (see `example_crops`)."""
     parts = [example_crops(config)]
     if images is not None:
-        if not Path(images).is_dir():
-            raise EffnetError(f"--images {images}: not a folder; pass a folder of photos to verify the export on")
-        files = folder_images(images, "--images")  # refuses a folder without images
+        files = folder_images(images, "images")  # refuses what is not a folder of images
         step = max(1, len(files) // VERIFY_EXTRA)
         parts.append(load_crops(files[::step][:VERIFY_EXTRA], config, desc="verification images"))
     if held_out:
@@ -127,12 +131,12 @@ def verification_crops(config: PreprocessConfig, *, images: str | os.PathLike[st
     return np.concatenate(parts)
 
 
-def check_parity(reference: np.ndarray, probs: np.ndarray, precision: str, fmt: str) -> Agreement:
-    """The agreement of an exported file's probabilities with PyTorch's; fp32 probabilities off by
-    more than FP32_TOLERANCE on any photo (or NaN) raise ParityError (see `compare`)."""
-    agreement = compare(reference, probs)
-    if precision == "fp32" and not agreement.max_abs_diff <= FP32_TOLERANCE:
-        raise ParityError(f"{fmt} fp32 differs from PyTorch by {agreement.max_abs_diff:.2e} in probability "
-                          f"(> {FP32_TOLERANCE:g}) on {agreement.count} real photos; the export is wrong")
-    return agreement
+def check_parity(reference: np.ndarray, probs: np.ndarray, precision: str, fmt: str) -> Parity:
+    """How an exported file's probabilities agree with PyTorch's; fp32 probabilities off by more than
+    FP32_TOLERANCE on any photo (or NaN) raise ParityError (see `compare`)."""
+    parity = compare(reference, probs)
+    if precision == "fp32" and not parity.max_abs_diff <= FP32_TOLERANCE:
+        raise ParityError(f"{fmt} fp32 differs from PyTorch by {parity.max_abs_diff:.2e} in probability "
+                          f"(> {FP32_TOLERANCE:g}) on {parity.count} real photos; the export is wrong")
+    return parity
 

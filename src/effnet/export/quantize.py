@@ -11,15 +11,15 @@ import numpy as np
 from tqdm import tqdm
 
 from ..arch import Activation, NetworkSpec
+from ..calibration import DEFAULT_SUBSET
 from ..errors import EffnetError, ImageError
 from ..optional import require
-from ..preprocessing import PreprocessConfig, center_crop, load_image
+from ..decode import center_crop, load_image
+from ..preprocessing import PreprocessConfig
 from .openvino import bgr_nchw
 
 if TYPE_CHECKING:
     import openvino as ov
-
-DEFAULT_SUBSET = 300  # NNCF's own default: enough for stable activation ranges on ImageNet models
 
 
 def load_crops(files: Sequence[Path], config: PreprocessConfig, *, desc: str = "decoding",
@@ -34,16 +34,6 @@ def load_crops(files: Sequence[Path], config: PreprocessConfig, *, desc: str = "
     if not crops:
         raise EffnetError("none of the calibration images could be decoded")
     return np.stack(crops)
-
-
-def split_holdout(files: Sequence[Path], subset_size: int = DEFAULT_SUBSET,
-                  holdout: int = 100) -> tuple[list[Path], list[Path]]:
-    """(calibration, held-out): every fifth file (up to `holdout`) is kept back to measure agreement."""
-    files = list(files)
-    held = files[::5][:holdout] if len(files) >= 2 else []
-    held_set = set(held)
-    calibration = [f for f in files if f not in held_set][:subset_size]
-    return calibration, held
 
 
 def asymmetric_activations(spec: NetworkSpec) -> bool:

@@ -8,15 +8,17 @@ import numpy as np
 import torch
 from PIL import Image
 
+from ..contract import ranked
+from ..decode import center_crop, load_image
 from ..model import EfficientNet
-from ..preprocessing import PreprocessConfig, center_crop, load_image, normalize
+from ..preprocessing import PreprocessConfig, normalize
 
 # On max |dp| over real photos (see `compare`); fp32 engines reorder sums, nothing more.
 FP32_TOLERANCE = 1e-4
 
 
 @dataclass(frozen=True)
-class Agreement:
+class Parity:
     """How closely `candidate` probabilities follow `reference` ones, over `count` images."""
 
     count: int
@@ -30,7 +32,7 @@ class Agreement:
                 f"probability), top-1 agreement {self.top1:.1%}, top-5 agreement {self.top5:.1%}")
 
 
-def compare(reference: np.ndarray, candidate: np.ndarray) -> Agreement:
+def compare(reference: np.ndarray, candidate: np.ndarray) -> Parity:
     """Agreement of `candidate` with `reference`, both (N, classes): top-1/top-5 as if the reference's
     top-1 were the label, and the probability differences. NaN counts as an infinite difference.
 
@@ -50,10 +52,10 @@ def compare(reference: np.ndarray, candidate: np.ndarray) -> Agreement:
         raise ValueError(f"shapes differ: {reference.shape} vs {candidate.shape}")
     labels = reference.argmax(1)
     top1 = np.mean(candidate.argmax(1) == labels)
-    top5 = np.mean(np.any(np.argsort(-candidate, axis=1)[:, :5] == labels[:, None], axis=1))
+    top5 = np.mean(np.any(ranked(candidate, 5) == labels[:, None], axis=1))
     diff = np.abs(reference.astype(np.float64) - candidate)
     relative = diff.max(1) / np.maximum(reference.max(1), np.finfo(np.float32).tiny)
-    return Agreement(len(reference), _worst(diff), float(top1), float(top5), _worst(relative))
+    return Parity(len(reference), _worst(diff), float(top1), float(top5), _worst(relative))
 
 
 def _worst(values: np.ndarray) -> float:

@@ -3,8 +3,8 @@ schedule-policy extensions: request bodies -> InferRequest, results -> response 
 
 Everything here is pure and bounded: JSON nesting is bounded by orjson (and by a depth check of our own),
 shapes are multiplied in Python integers (no overflow) and checked against the body's size before any
-array is allocated, binary sizes must add up to the body exactly. A ProtocolError carries the HTTP status
-and the gRPC code of the user's mistake.
+array is allocated, binary sizes must add up to the body exactly. Mistakes raise errors.ProtocolError
+(or TooLarge), which carry their HTTP status and gRPC code.
 """
 from __future__ import annotations
 
@@ -19,23 +19,12 @@ from typing import Any
 import numpy as np
 import orjson
 
+from ..contract import ranked
+from .errors import ProtocolError, TooLarge, UnsupportedEncoding
+
 MAX_DIMS = 8
 MAX_JSON_DEPTH = 64  # an inference request is 5 levels deep; nested FP32 data adds 4
 HEADER_LENGTH = "inference-header-content-length"
-
-
-class ProtocolError(Exception):
-    """A request the protocol does not allow; `status` is the HTTP status, `grpc` the gRPC code's name."""
-
-    def __init__(self, message: str, status: int = 400, grpc: str = "INVALID_ARGUMENT") -> None:
-        super().__init__(message)
-        self.status = status
-        self.grpc = grpc
-
-
-class TooLarge(ProtocolError):
-    def __init__(self, message: str) -> None:
-        super().__init__(message, 413, "RESOURCE_EXHAUSTED")
 
 
 @dataclass
@@ -81,18 +70,18 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
         return body
     enc = encoding.strip().lower()
     if enc not in ("gzip", "deflate", "x-gzip"):
-        raise ProtocolError(f"unsupported Content-Encoding {encoding!r}; use gzip or deflate", 415)
+        raise UnsupportedEncoding(f"unsupported Content-Encoding {encoding!r}; use gzip or deflate")
     wbits = 16 + zlib.MAX_WBITS if enc != "deflate" else zlib.MAX_WBITS
     d = zlib.decompressobj(wbits)
     try:
         out = d.decompress(body, limit + 1)
         if len(out) > limit or d.unconsumed_tail:
-            raise TooLarge(f"request body is over {limit} bytes once decompressed (--max-request-bytes)")
+            raise TooLarge(f"request body is over the server's {limit}-byte limit once decompressed")
         out += d.flush()
     except zlib.error as exc:
         raise ProtocolError(f"bad {enc} body: {exc}") from None
     if len(out) > limit:
-        raise TooLarge(f"request body is over {limit} bytes once decompressed (--max-request-bytes)")
+        raise TooLarge(f"request body is over the server's {limit}-byte limit once decompressed")
     if not d.eof:
         raise ProtocolError(f"bad {enc} body: truncated")
     return out
@@ -375,9 +364,7 @@ class OutputTensor:
 
 def classification(probs: np.ndarray, k: int, labels: list[str]) -> list[bytes]:
     """Triton's classification extension: per row, the k best as "score:index:label", best first."""
-    k = min(k, probs.shape[1])
-    order = np.argsort(-probs, axis=1, kind="stable")[:, :k]
-    return [f"{row[i]:f}:{i}:{labels[i]}".encode() for row, idx in zip(probs, order) for i in idx]
+    return [f"{row[i]:f}:{i}:{labels[i]}".encode() for row, idx in zip(probs, ranked(probs, k)) for i in idx]
 
 
 def build_outputs(request: InferRequest, probs: np.ndarray, labels: list[str], output_name: str) -> list[OutputTensor]:

@@ -13,19 +13,13 @@ from typing import Any
 import grpc
 import numpy as np
 
-from .codec import (
-    InferInput,
-    InferRequest,
-    ProtocolError,
-    check_outputs,
-    check_shape,
-    requested_output,
-    unpack_bytes,
-)
-from .http import ServerState
-from .model import INPUT, OUTPUT, VERSION, ServedModel
+from ..contract import INPUT_NAME as INPUT
+from ..contract import OUTPUT_NAME as OUTPUT
+from .codec import InferInput, InferRequest, check_outputs, check_shape, requested_output, unpack_bytes
+from .errors import ProtocolError, ServeError
+from .model import VERSION, ServedModel
 from .proto import effnet_oip_pb2 as pb
-from .scheduler import DeadlineExceeded, Draining, EngineFailed, Overloaded
+from .state import ServerState
 
 SERVICE = "inference.GRPCInferenceService"
 OPEN_METHODS = {"ServerLive", "ServerReady", "ModelReady"}  # health: no token
@@ -40,16 +34,6 @@ def _params(m) -> dict[str, Any]:
     if len(m) > 64:
         raise ProtocolError("more than 64 parameters")
     return {k: _param_value(v) for k, v in m.items()}
-
-
-def _status(exc: BaseException) -> grpc.StatusCode:
-    if isinstance(exc, ProtocolError):
-        return getattr(grpc.StatusCode, exc.grpc)
-    if isinstance(exc, (Overloaded, Draining)):
-        return grpc.StatusCode.UNAVAILABLE
-    if isinstance(exc, DeadlineExceeded):
-        return grpc.StatusCode.DEADLINE_EXCEEDED
-    return grpc.StatusCode.INTERNAL
 
 
 def parse_grpc_request(req: pb.ModelInferRequest, limit: int) -> InferRequest:
@@ -156,7 +140,7 @@ class InferenceService:
             name=c["name"], platform=c["platform"], backend=c["backend"], max_batch_size=c["max_batch_size"],
             input=[pb.ModelInput(name=INPUT, data_type=pb.TYPE_FP32, format=pb.ModelInput.FORMAT_NCHW,
                                  dims=c["input"][0]["dims"])],
-            output=[pb.ModelOutput(name=OUTPUT, data_type=pb.TYPE_FP32, dims=[1000])],
+            output=[pb.ModelOutput(name=OUTPUT, data_type=pb.TYPE_FP32, dims=c["output"][0]["dims"])],
             dynamic_batching=pb.ModelDynamicBatching(
                 preferred_batch_size=db["preferred_batch_size"],
                 max_queue_delay_microseconds=db["max_queue_delay_microseconds"],
@@ -200,7 +184,7 @@ class InferenceService:
             try:
                 response = await self._infer(request, context.time_remaining())
                 await answers.put(pb.ModelStreamInferResponse(infer_response=response))
-            except (ProtocolError, Overloaded, Draining, DeadlineExceeded, EngineFailed) as exc:
+            except ServeError as exc:
                 failed = pb.ModelInferResponse(model_name=request.model_name, model_version=request.model_version,
                                                id=request.id)
                 await answers.put(pb.ModelStreamInferResponse(error_message=str(exc), infer_response=failed))
@@ -242,8 +226,8 @@ class InferenceService:
         try:
             result = fn(*args)
             return await result if asyncio.iscoroutine(result) else result
-        except (ProtocolError, Overloaded, Draining, DeadlineExceeded, EngineFailed) as exc:
-            await context.abort(_status(exc), str(exc))
+        except ServeError as exc:
+            await context.abort(getattr(grpc.StatusCode, exc.grpc_code), str(exc))
 
 
 _METHODS = {

@@ -1,12 +1,12 @@
 """The HTTP side: the Open Inference Protocol's REST routes (plus Triton's config and statistics), the page,
-the explain route, /metrics and /docs, as a Starlette app. A thin layer over ServedModel: reading bodies
-under a limit, turning errors into JSON, watching for clients that leave.
+the explain route, /metrics and /docs, as a Starlette app: routes over the server's state (state.py). A thin
+layer over ServedModel: reading bodies under a limit, turning errors into JSON, watching for clients that
+leave.
 """
 from __future__ import annotations
 
 import asyncio
 import gzip
-import hmac
 import zlib
 from importlib import resources
 from typing import Any
@@ -20,52 +20,15 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import Route
 
-from .. import __version__
+from ..contract import INPUT_NAME as INPUT
 from . import metrics, openapi
-from .codec import (
-    HEADER_LENGTH,
-    ProtocolError,
-    TooLarge,
-    decompress,
-    http_response,
-    parse_http_request,
-)
-from .model import INPUT, VERSION, ServedModel
-from .scheduler import DeadlineExceeded, Draining, EngineFailed, Overloaded
+from .codec import HEADER_LENGTH, decompress, http_response, parse_http_request
+from .errors import ProtocolError, ServeError, TooLarge
+from .model import VERSION, ServedModel
+from .state import ServerState
 
-EXTENSIONS = ["classification", "binary_tensor_data", "schedule_policy", "model_configuration", "statistics"]
 OFFLOAD_BYTES = 256 << 10  # bodies larger than this are parsed off the event loop
 OPEN = {"/v2/health/live", "/v2/health/ready", "/metrics", "/", "/favicon.ico"}  # no token needed
-
-
-class ServerState:
-    """What HTTP and gRPC share: the models, readiness, the limits, the token."""
-
-    def __init__(self, models: list[ServedModel], *, max_request_bytes: int = 64 << 20,
-                 token: str | None = None) -> None:
-        self.models = {m.name: m for m in models}
-        self.max_request_bytes = max_request_bytes
-        self.token = token
-        self.ready = False
-        self.live = True
-
-    def model(self, name: str, version: str | None = None) -> ServedModel:
-        m = self.models.get(name)
-        if m is None:
-            raise ProtocolError(f"unknown model {name[:100]!r}; served: {', '.join(self.models)}", 404, "NOT_FOUND")
-        if version not in (None, "", VERSION):
-            raise ProtocolError(f"model {name!r} has no version {version[:20]!r} (only {VERSION})", 404, "NOT_FOUND")
-        return m
-
-    def authorized(self, header: str | None) -> bool:
-        if self.token is None:
-            return True
-        if not header or not header.startswith("Bearer "):
-            return False
-        return hmac.compare_digest(header[7:].strip().encode(), self.token.encode())
-
-    def server_metadata(self) -> dict[str, Any]:
-        return {"name": "effnet", "version": __version__, "extensions": EXTENSIONS}
 
 
 def error(message: str, status: int, headers: dict[str, str] | None = None) -> Response:
@@ -77,17 +40,10 @@ def ok(body: Any, status: int = 200) -> Response:
 
 
 def failure(exc: BaseException) -> Response:
-    """The one place that maps what went wrong to a status: every non-200 answer is JSON {"error"}."""
-    if isinstance(exc, ProtocolError):
-        return error(str(exc), exc.status)
-    if isinstance(exc, Overloaded):
-        return error(str(exc), 503, {"Retry-After": "1"})
-    if isinstance(exc, Draining):
-        return error(str(exc), 503, {"Retry-After": "5"})
-    if isinstance(exc, DeadlineExceeded):
-        return error(str(exc), 504)
-    if isinstance(exc, EngineFailed):
-        return error(str(exc), 500)
+    """Every non-200 answer is JSON {"error"}; the status and Retry-After come from the error itself."""
+    if isinstance(exc, ServeError):
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else None
+        return error(str(exc), exc.http_status, headers)
     return error(f"internal error: {type(exc).__name__}", 500)
 
 
@@ -98,12 +54,12 @@ async def read_body(request: Request, limit: int) -> bytes:
         if not length.strip().isdigit():
             raise ProtocolError(f"bad Content-Length {length[:40]!r}")
         if int(length) > limit:
-            raise TooLarge(f"request body of {int(length)} bytes is over the {limit}-byte limit (--max-request-bytes)")
+            raise TooLarge(f"request body of {int(length)} bytes is over the server's {limit}-byte limit")
     chunks, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
         if size > limit:
-            raise TooLarge(f"request body is over the {limit}-byte limit (--max-request-bytes)")
+            raise TooLarge(f"request body is over the server's {limit}-byte limit")
         chunks.append(chunk)
     body = b"".join(chunks)
     encoding = request.headers.get("content-encoding")
@@ -133,145 +89,170 @@ async def until_disconnect(request: Request, flag: list[bool]) -> None:
             return
 
 
-def create_app(state: ServerState, *, cors_origins: list[str] | None = None) -> Starlette:
-    """The Starlette app over `state` (the models must be started by the caller's event loop)."""
+# ---- routes: each reads the server's state from the app -----------------------------------------
 
-    async def live(request: Request) -> Response:
-        return ok({"live": True})
+def _state(request: Request) -> ServerState:
+    return request.app.state.effnet
 
-    async def ready(request: Request) -> Response:
-        if not state.ready:
-            return error("not ready" if state.live else "shutting down", 503)
-        return ok({"ready": True})
 
-    async def server_metadata(request: Request) -> Response:
-        return ok(state.server_metadata())
+def _model(request: Request) -> ServedModel:
+    p = request.path_params
+    return _state(request).model(p["model"], p.get("version"))
 
-    def model_of(request: Request) -> ServedModel:
-        p = request.path_params
-        return state.model(p["model"], p.get("version"))
 
-    async def model_metadata(request: Request) -> Response:
-        return ok(model_of(request).metadata())
+async def live(request: Request) -> Response:
+    return ok({"live": True})
 
-    async def model_ready(request: Request) -> Response:
-        m = model_of(request)
-        if not state.ready:
-            return error(f"model {m.name!r} is not ready", 503)
-        return ok({"name": m.name, "ready": True})
 
-    async def model_config(request: Request) -> Response:
-        return ok(model_of(request).config())
+async def ready(request: Request) -> Response:
+    state = _state(request)
+    if not state.ready:
+        return error("not ready" if state.live else "shutting down", 503)
+    return ok({"ready": True})
 
-    async def model_stats(request: Request) -> Response:
-        if "model" in request.path_params:
-            return ok({"model_stats": [model_of(request).statistics()]})
-        return ok({"model_stats": [m.statistics() for m in state.models.values()]})
 
-    async def infer(request: Request) -> Response:
-        m = model_of(request)
-        try:
-            body = await read_body(request, state.max_request_bytes)
-            args = (body, request.headers.get(HEADER_LENGTH), state.max_request_bytes, INPUT)
-            # Large bodies (JSON tensors) are parsed in a thread: the loop keeps answering and timing deadlines.
-            parsed = (await asyncio.to_thread(parse_http_request, *args) if len(body) > OFFLOAD_BYTES
-                      else parse_http_request(*args))
-            del body, args
-        except ProtocolError as exc:
-            m.failed(exc)
-            raise
-        except ClientDisconnect:
-            return Response(status_code=499)
-        deadline = m.deadline(parsed.timeout_us())
-        gone = [False]
-        watcher = asyncio.create_task(until_disconnect(request, gone))
-        work = asyncio.create_task(m.infer(parsed, deadline, lambda: gone[0]))
-        try:
-            await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
-            if not work.done():  # the client left: drop its request (the batcher skips it)
-                work.cancel()
-                await asyncio.gather(work, return_exceptions=True)
-                return Response(status_code=499)
-            outputs = work.result()
-        finally:
-            watcher.cancel()
-        payload, header_length = http_response(m.name, VERSION, parsed, outputs)
-        payload, headers = compress(payload, request)
-        if header_length is not None:
-            headers[HEADER_LENGTH] = str(header_length)
-            return Response(payload, 200, headers, media_type="application/octet-stream")
-        return Response(payload, 200, headers, media_type="application/json")
+async def server_metadata(request: Request) -> Response:
+    return ok(_state(request).server_metadata())
 
-    async def explain(request: Request) -> Response:
-        """Grad-CAM of one image (the body, as posted by the page); query `target`: class index or label."""
-        m = model_of(request)
+
+async def model_metadata(request: Request) -> Response:
+    return ok(_model(request).metadata())
+
+
+async def model_ready(request: Request) -> Response:
+    m = _model(request)
+    if not _state(request).ready:
+        return error(f"model {m.name!r} is not ready", 503)
+    return ok({"name": m.name, "ready": True})
+
+
+async def model_config(request: Request) -> Response:
+    return ok(_model(request).config())
+
+
+async def model_stats(request: Request) -> Response:
+    if "model" in request.path_params:
+        return ok({"model_stats": [_model(request).statistics()]})
+    return ok({"model_stats": [m.statistics() for m in _state(request).models.values()]})
+
+
+async def infer(request: Request) -> Response:
+    state, m = _state(request), _model(request)
+    try:
         body = await read_body(request, state.max_request_bytes)
-        if not body:
-            raise ProtocolError(f"input {INPUT!r}: empty body; post the image file as it is")
-        target = request.query_params.get("target")
-        timeout = request.query_params.get("timeout")
-        if timeout is not None and not timeout.isdigit():
-            raise ProtocolError("query parameter 'timeout' must be an integer (microseconds)")
-        result = await m.explain(body, target, m.deadline(int(timeout) if timeout else None))
-        return ok(result)
+        args = (body, request.headers.get(HEADER_LENGTH), state.max_request_bytes, INPUT)
+        # Large bodies (JSON tensors) are parsed in a thread: the loop keeps answering and timing deadlines.
+        parsed = (await asyncio.to_thread(parse_http_request, *args) if len(body) > OFFLOAD_BYTES
+                  else parse_http_request(*args))
+        del body, args
+    except ProtocolError as exc:
+        m.failed(exc)
+        raise
+    except ClientDisconnect:
+        return Response(status_code=499)
+    deadline = m.deadline(parsed.timeout_us())
+    gone = [False]
+    watcher = asyncio.create_task(until_disconnect(request, gone))
+    work = asyncio.create_task(m.infer(parsed, deadline, lambda: gone[0]))
+    try:
+        await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if not work.done():  # the client left: drop its request (the batcher skips it)
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+            return Response(status_code=499)
+        outputs = work.result()
+    finally:
+        watcher.cancel()
+    payload, header_length = http_response(m.name, VERSION, parsed, outputs)
+    payload, headers = compress(payload, request)
+    if header_length is not None:
+        headers[HEADER_LENGTH] = str(header_length)
+        return Response(payload, 200, headers, media_type="application/octet-stream")
+    return Response(payload, 200, headers, media_type="application/json")
 
-    async def page(request: Request) -> Response:
-        html = resources.files("effnet.serve").joinpath("page.html").read_text("utf-8")
-        return HTMLResponse(html, headers={"Cache-Control": "no-store",
-                                           "Content-Security-Policy": "default-src 'self' 'unsafe-inline' data: blob:"})
 
-    async def metrics_route(request: Request) -> Response:
-        return Response(metrics.render(state.models.values()), media_type=metrics.CONTENT_TYPE)
+async def explain(request: Request) -> Response:
+    """Grad-CAM of one image (the body, as posted by the page); query `target`: class index or label."""
+    state, m = _state(request), _model(request)
+    body = await read_body(request, state.max_request_bytes)
+    if not body:
+        raise ProtocolError(f"input {INPUT!r}: empty body; post the image file as it is")
+    target = request.query_params.get("target")
+    timeout = request.query_params.get("timeout")
+    if timeout is not None and not timeout.isdigit():
+        raise ProtocolError("query parameter 'timeout' must be an integer (microseconds)")
+    result = await m.explain(body, target, m.deadline(int(timeout) if timeout else None))
+    return ok(result)
 
-    async def openapi_json(request: Request) -> Response:
-        return ok(openapi.document(list(state.models)))
 
-    async def docs(request: Request) -> Response:
-        return HTMLResponse(openapi.html(openapi.document(list(state.models))))
+async def page(request: Request) -> Response:
+    html = resources.files("effnet.serve").joinpath("page.html").read_text("utf-8")
+    return HTMLResponse(html, headers={"Cache-Control": "no-store",
+                                       "Content-Security-Policy": "default-src 'self' 'unsafe-inline' data: blob:"})
 
-    async def favicon(request: Request) -> Response:
-        return Response(status_code=204)
 
-    routes = [
-        Route("/", page, methods=["GET"]),
-        Route("/favicon.ico", favicon, methods=["GET"]),
-        Route("/v2/health/live", live, methods=["GET"]),
-        Route("/v2/health/ready", ready, methods=["GET"]),
-        Route("/v2", server_metadata, methods=["GET"]),
-        Route("/v2/models/stats", model_stats, methods=["GET"]),
-        Route("/metrics", metrics_route, methods=["GET"]),
-        Route("/openapi.json", openapi_json, methods=["GET"]),
-        Route("/docs", docs, methods=["GET"]),
-    ]
-    for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}"):
-        routes += [
-            Route(base, model_metadata, methods=["GET"]),
-            Route(base + "/ready", model_ready, methods=["GET"]),
-            Route(base + "/config", model_config, methods=["GET"]),
-            Route(base + "/stats", model_stats, methods=["GET"]),
-            Route(base + "/infer", infer, methods=["POST"]),
-            Route(base + "/explain", explain, methods=["POST"]),
-        ]
+async def metrics_route(request: Request) -> Response:
+    return Response(metrics.render(_state(request).models.values()), media_type=metrics.CONTENT_TYPE)
 
-    async def http_error(request: Request, exc: HTTPException) -> Response:
-        return error(str(exc.detail), exc.status_code, dict(exc.headers or {}))
 
-    async def any_error(request: Request, exc: Exception) -> Response:
-        return failure(exc)
+async def openapi_json(request: Request) -> Response:
+    return ok(openapi.document(list(_state(request).models)))
 
-    async def client_left(request: Request, exc: Exception) -> Response:
-        return Response(status_code=499)  # nobody reads it: the client closed the connection mid-body
 
-    handlers = {HTTPException: http_error, ClientDisconnect: client_left, ProtocolError: any_error,
-                Overloaded: any_error, Draining: any_error,
-                DeadlineExceeded: any_error, EngineFailed: any_error, Exception: any_error}
+async def docs(request: Request) -> Response:
+    return HTMLResponse(openapi.html(openapi.document(list(_state(request).models))))
+
+
+async def favicon(request: Request) -> Response:
+    return Response(status_code=204)
+
+
+ROUTES = [
+    Route("/", page, methods=["GET"]),
+    Route("/favicon.ico", favicon, methods=["GET"]),
+    Route("/v2/health/live", live, methods=["GET"]),
+    Route("/v2/health/ready", ready, methods=["GET"]),
+    Route("/v2", server_metadata, methods=["GET"]),
+    Route("/v2/models/stats", model_stats, methods=["GET"]),
+    Route("/metrics", metrics_route, methods=["GET"]),
+    Route("/openapi.json", openapi_json, methods=["GET"]),
+    Route("/docs", docs, methods=["GET"]),
+    *(route for base in ("/v2/models/{model}", "/v2/models/{model}/versions/{version}") for route in (
+        Route(base, model_metadata, methods=["GET"]),
+        Route(base + "/ready", model_ready, methods=["GET"]),
+        Route(base + "/config", model_config, methods=["GET"]),
+        Route(base + "/stats", model_stats, methods=["GET"]),
+        Route(base + "/infer", infer, methods=["POST"]),
+        Route(base + "/explain", explain, methods=["POST"]),
+    )),
+]
+
+
+async def _http_error(request: Request, exc: HTTPException) -> Response:
+    return error(str(exc.detail), exc.status_code, dict(exc.headers or {}))
+
+
+async def _any_error(request: Request, exc: Exception) -> Response:
+    return failure(exc)
+
+
+async def _client_left(request: Request, exc: Exception) -> Response:
+    return Response(status_code=499)  # nobody reads it: the client closed the connection mid-body
+
+
+def create_app(state: ServerState, *, cors_origins: list[str] | None = None) -> Starlette:
+    """The Starlette app: ROUTES over `state` (the models must be started by the caller's event loop)."""
+    handlers = {HTTPException: _http_error, ClientDisconnect: _client_left, ServeError: _any_error,
+                Exception: _any_error}
     middleware = [Middleware(GuardMiddleware, state=state)]
     if cors_origins:
         middleware.insert(0, Middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["GET", "POST"],
                                         allow_headers=["Authorization", "Content-Type", "Content-Encoding",
                                                        HEADER_LENGTH],
                                         expose_headers=[HEADER_LENGTH, "Retry-After"], max_age=600))
-    return Starlette(routes=routes, middleware=middleware, exception_handlers=handlers)
+    app = Starlette(routes=ROUTES, middleware=middleware, exception_handlers=handlers)
+    app.state.effnet = state
+    return app
 
 
 class GuardMiddleware:

@@ -1,5 +1,6 @@
-"""A served model: a Classifier behind its scheduler, the protocol's view of it (metadata, Triton config,
-statistics), and the one inference path HTTP and gRPC share (decode in threads -> scheduler -> outputs).
+"""A served model: a decoder and a backend behind their scheduler, the protocol's view of them (metadata,
+Triton config, statistics), and the one inference path HTTP and gRPC share (decode in threads -> scheduler
+-> outputs).
 
 Every infer request that names this model ends in exactly one success or one failure (with Triton's
 reason), so /metrics and the statistics count what clients saw.
@@ -10,57 +11,68 @@ import asyncio
 import base64
 import io
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
 
-from ..classifier import Classifier
+from ..backends import Backend
+from ..contract import INPUT_NAME as INPUT
+from ..contract import OUTPUT_NAME as OUTPUT
+from ..decode import Decoder
 from ..errors import EffnetError
-from .codec import InferRequest, OutputTensor, ProtocolError, build_outputs
-from .scheduler import DeadlineExceeded, Draining, EngineFailed, Overloaded, Scheduler
+from ..explain import Explainer
+from ..resolved import ResolvedModel
+from .codec import InferRequest, OutputTensor, build_outputs
+from .errors import DeadlineExceeded, ProtocolError, failure_reason
+from .scheduler import Scheduler
 
-INPUT = "data"
-OUTPUT = "prob"
 VERSION = "1"
 
 
 class ServedModel:
-    def __init__(self, classifier: Classifier, *, max_batch_size: int = 8, max_queue_delay_ms: float = 2.0,
-                 max_queue_size: int = 64, request_timeout_ms: float | None = None,
-                 decode_workers: int = 2, engine: Executor | None = None) -> None:
-        self.classifier = classifier
-        self.name = classifier.name
-        self.size = classifier.config.input_size
+    def __init__(self, resolved: ResolvedModel, decoder: Decoder, backend: Backend, labels: Sequence[str], *,
+                 max_batch_size: int = 8, max_queue_delay_ms: float = 2.0, max_queue_size: int = 64,
+                 request_timeout_ms: float | None = None, decode_workers: int = 2,
+                 executor: Executor | None = None) -> None:
+        """`executor`: where the backend's calls run (see Scheduler)."""
+        self.resolved = resolved
+        self.decoder = decoder
+        self.backend = backend
+        self.labels = labels
+        self.name = resolved.name
+        self.size = resolved.input_size
         self.max_batch_size = max(1, max_batch_size)
         self.request_timeout = request_timeout_ms / 1000 if request_timeout_ms else None
-        self.scheduler = Scheduler(classifier.backend, max_batch_size=self.max_batch_size,
-                                   max_queue_delay_ms=max_queue_delay_ms, max_queue_size=max_queue_size,
-                                   engine=engine)
-        self.decoder = ThreadPoolExecutor(max(1, decode_workers), thread_name_prefix=f"effnet-decode-{self.name}")
-        self.explainer = ThreadPoolExecutor(1, thread_name_prefix=f"effnet-explain-{self.name}")
-        cfg = classifier.config
+        self.scheduler = Scheduler(backend, max_batch_size=self.max_batch_size, max_queue_delay_ms=max_queue_delay_ms,
+                                   max_queue_size=max_queue_size, executor=executor)
+        self.decode_threads = ThreadPoolExecutor(max(1, decode_workers), thread_name_prefix=f"effnet-decode-{self.name}")
+        self.explain_thread = ThreadPoolExecutor(1, thread_name_prefix=f"effnet-explain-{self.name}")
+        self.explainer = Explainer(resolved, decoder, backend, labels)
+        cfg = resolved.preprocess
         self._mean = np.asarray(cfg.mean, np.float64).reshape(1, 3, 1, 1)
         self._std = np.asarray(cfg.std, np.float64).reshape(1, 3, 1, 1)
 
     async def close(self) -> None:
         await self.scheduler.close()
-        self.decoder.shutdown(wait=False, cancel_futures=True)
-        self.explainer.shutdown(wait=False, cancel_futures=True)
+        self.decode_threads.shutdown(wait=False, cancel_futures=True)
+        self.explain_thread.shutdown(wait=False, cancel_futures=True)
 
     # ---- the protocol's descriptions ----
     def metadata(self) -> dict[str, Any]:
-        return {"name": self.name, "versions": [VERSION], "platform": "effnet_" + self.classifier.backend.name,
+        return {"name": self.name, "versions": [VERSION], "platform": "effnet_" + self.backend.name,
                 "inputs": [{"name": INPUT, "datatype": "FP32", "shape": [-1, 3, self.size, self.size]}],
-                "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, 1000]}],
+                "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, len(self.labels)]}],
                 "parameters": self.describe()}
 
     def describe(self) -> dict[str, str]:
-        """Model, weights, engine, precision: never the weights' file path (a server-side detail)."""
-        d = self.classifier.describe()
-        return {k: str(d[k]) if d.get(k) is not None else "random"
-                for k in ("model", "weights_sha256", "backend", "precision")}
+        """Model, weights, engine, precision, device (and GPU): never the weights' file path (a server-side
+        detail)."""
+        out = {"model": self.name, "weights_sha256": self.resolved.weights_sha256 or "random",
+               "backend": self.backend.name, "precision": self.backend.precision, "device": self.backend.device}
+        gpu = self.backend.settings().get("gpu")
+        return {**out, "gpu": gpu} if gpu else out
 
     def config(self) -> dict[str, Any]:
         """Triton's model configuration (what perf_analyzer and image_client read)."""
@@ -69,7 +81,7 @@ class ServedModel:
         return {"name": self.name, "platform": "", "backend": "effnet", "max_batch_size": self.max_batch_size,
                 "input": [{"name": INPUT, "data_type": "TYPE_FP32", "format": "FORMAT_NCHW",
                            "dims": [3, self.size, self.size]}],
-                "output": [{"name": OUTPUT, "data_type": "TYPE_FP32", "dims": [1000]}],
+                "output": [{"name": OUTPUT, "data_type": "TYPE_FP32", "dims": [len(self.labels)]}],
                 "dynamic_batching": {"preferred_batch_size": [self.max_batch_size],
                                      "max_queue_delay_microseconds": int(s.max_queue_delay * 1e6),
                                      "preserve_ordering": False,
@@ -96,7 +108,7 @@ class ServedModel:
 
     # ---- inference ----
     def deadline(self, timeout_us: int | None, grpc_remaining: float | None = None) -> float | None:
-        """The earliest of the request's `timeout`, the gRPC deadline and --request-timeout-ms."""
+        """The earliest of the request's `timeout`, the gRPC deadline and the server's request timeout."""
         limits = [t for t in (None if timeout_us is None or timeout_us == 0 else timeout_us / 1e6,
                               grpc_remaining, self.request_timeout) if t is not None]
         return time.monotonic() + min(limits) if limits else None
@@ -141,7 +153,7 @@ class ServedModel:
             if admitted:
                 self.scheduler.release()
         t0 = time.perf_counter_ns()
-        outputs = build_outputs(request, probs, self.classifier.labels, OUTPUT)
+        outputs = build_outputs(request, probs, list(self.labels), OUTPUT)
         self.scheduler.stats.compute_output_ns += time.perf_counter_ns() - t0
         return outputs
 
@@ -167,24 +179,24 @@ class ServedModel:
             raise ProtocolError(f"input {INPUT!r}: batch size must be at least 1")
         if n > self.max_batch_size:
             raise ProtocolError(f"input {INPUT!r}: batch size {n} is over the model's max_batch_size "
-                                f"{self.max_batch_size} (--max-batch-size)")
+                                f"{self.max_batch_size}")
         return t
 
     async def _crops(self, tensor, deadline: float | None) -> np.ndarray:
         loop = asyncio.get_running_loop()
         if tensor.datatype == "FP32":
-            return await loop.run_in_executor(self.decoder, self.quantize, np.asarray(tensor.data, np.float32))
-        futures = [loop.run_in_executor(self.decoder, self._decode, i, b) for i, b in enumerate(tensor.data)]
+            return await loop.run_in_executor(self.decode_threads, self.quantize, np.asarray(tensor.data, np.float32))
+        futures = [loop.run_in_executor(self.decode_threads, self._decode, i, b) for i, b in enumerate(tensor.data)]
         timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
         try:
             crops = await asyncio.wait_for(asyncio.gather(*futures), timeout)
         except asyncio.TimeoutError:
             raise DeadlineExceeded("the request's deadline passed while decoding its images") from None
-        return np.stack(crops)
+        return self.decoder.stack(crops)
 
     def _decode(self, i: int, data: bytes) -> np.ndarray:
         try:
-            return self.classifier.crop(data)
+            return self.decoder.crop(data)
         except EffnetError as exc:
             raise ProtocolError(f"input {INPUT!r}[{i}]: {exc}") from None
 
@@ -207,7 +219,7 @@ class ServedModel:
         started = time.perf_counter()
         try:
             loop = asyncio.get_running_loop()
-            job = loop.run_in_executor(self.explainer, self._explain, image, tgt)
+            job = loop.run_in_executor(self.explain_thread, self._explain, image, tgt)
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
                 result = await asyncio.wait_for(job, timeout)
@@ -220,7 +232,7 @@ class ServedModel:
 
     def _explain(self, image: bytes, target: int | str | None) -> dict[str, Any]:
         try:
-            e = self.classifier.explain(image, target)
+            e = self.explainer.explain(image, target)
         except (EffnetError, ValueError, KeyError, IndexError) as exc:
             raise ProtocolError(f"input {INPUT!r}: {exc}") from None
         overlay = e.overlay.convert("RGB")
@@ -229,15 +241,3 @@ class ServedModel:
         overlay.save(buf, "JPEG", quality=88)
         return {"model": self.name, "index": e.index, "label": e.label, "probability": float(e.probability),
                 "overlay": "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()}
-
-
-def failure_reason(exc: BaseException) -> str:
-    """Triton's nv_inference_request_failure reasons."""
-    if isinstance(exc, (Overloaded, Draining, DeadlineExceeded)):
-        return "REJECTED"
-    if isinstance(exc, asyncio.CancelledError):
-        return "CANCELED"
-    if isinstance(exc, EngineFailed):
-        return "BACKEND"
-    return "OTHER"
-

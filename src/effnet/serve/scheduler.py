@@ -23,22 +23,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..backends.base import Backend, StreamingBackend
-
-
-class Overloaded(Exception):
-    """The queue is full (HTTP 503 with Retry-After, gRPC UNAVAILABLE)."""
-
-
-class Draining(Exception):
-    """The server is shutting down and accepts no new work (HTTP 503, gRPC UNAVAILABLE)."""
-
-
-class DeadlineExceeded(Exception):
-    """The request's deadline passed before its answer (HTTP 504, gRPC DEADLINE_EXCEEDED)."""
-
-
-class EngineFailed(Exception):
-    """The engine raised; the message says what (HTTP 500, gRPC INTERNAL)."""
+from .errors import DeadlineExceeded, Draining, EngineFailed, Overloaded
 
 
 @dataclass
@@ -78,9 +63,10 @@ class Job:
 
 class Scheduler:
     def __init__(self, backend: Backend, *, max_batch_size: int = 8, max_queue_delay_ms: float = 2.0,
-                 max_queue_size: int = 64, engine: Executor | None = None) -> None:
-        """`engine`: where the engine runs (default: a thread of its own); `serve` passes the process's main
-        thread (MainThreadExecutor), where PyTorch's OpenMP runs about 2.5x faster than in other threads."""
+                 max_queue_size: int = 64, executor: Executor | None = None) -> None:
+        """`executor`: where the backend's calls run (default: a thread of its own); `serve` passes the
+        process's main thread (MainThreadExecutor), where PyTorch's OpenMP runs about 2.5x faster than in
+        other threads."""
         self.backend = backend
         self.max_batch_size = max(1, max_batch_size)
         self.max_queue_delay = max(0.0, max_queue_delay_ms) / 1000
@@ -95,8 +81,8 @@ class Scheduler:
         self._wake: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
-        self._own_engine = engine is None
-        self._engine = engine or ThreadPoolExecutor(1, thread_name_prefix="effnet-engine")
+        self._own_executor = executor is None
+        self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="effnet-engine")
 
     # ---- lifecycle ----
     async def start(self) -> None:
@@ -122,8 +108,8 @@ class Scheduler:
                 await self._task
             except asyncio.CancelledError:
                 pass
-        if self._own_engine:
-            self._engine.shutdown(wait=False, cancel_futures=True)
+        if self._own_executor:
+            self._executor.shutdown(wait=False, cancel_futures=True)
 
     # ---- admission ----
     def admit(self) -> None:
@@ -193,12 +179,12 @@ class Scheduler:
                     with contextlib.suppress(RuntimeError):  # the loop closed after a drain timeout
                         loop.call_soon_threadsafe(self._finish, batch, probs, error, started)
                 try:
-                    await loop.run_in_executor(self._engine, self.backend.submit, crops, done)
+                    await loop.run_in_executor(self._executor, self.backend.submit, crops, done)
                 except Exception as exc:  # noqa: BLE001 - the executor is gone (shutdown): `done` never comes
                     self._finish(batch, None, exc, now_ns)
                 continue
             try:
-                probs = await loop.run_in_executor(self._engine, self.backend.predict, crops)
+                probs = await loop.run_in_executor(self._executor, self.backend.predict, crops)
             except Exception as exc:  # noqa: BLE001 - reported to each caller, the server goes on
                 self._finish(batch, None, exc, now_ns)
             else:

@@ -18,9 +18,10 @@ from dataclasses import dataclass, field
 import orjson
 
 from ..classifier import Classifier
-from .http import ServerState, create_app
+from .http import create_app
 from .model import ServedModel
 from .scheduler import MainThreadExecutor
+from .state import ServerState
 
 
 @dataclass
@@ -40,30 +41,49 @@ class ServeOptions:
 
 
 class Server:
-    """An embeddable server: `await Server(classifiers, options).run()` (or `serve(...)` from sync code)."""
+    """An embeddable server: `await Server(classifiers, options).run()` (or `serve(...)` from sync code).
+
+    Its life is four phases: `start` (schedulers, sockets, ready), `serve` (until stop()), `drain` (finish
+    what was accepted, within drain_timeout) and `close` (servers, schedulers, signal handlers)."""
 
     def __init__(self, classifiers: Sequence[Classifier], options: ServeOptions,
                  log: Callable[[str], None] = lambda line: print(line, flush=True),
-                 engine: Executor | None = None) -> None:
-        """`engine`: where the engines run (default: one thread per model; `serve` uses the main thread)."""
+                 executor: Executor | None = None) -> None:
+        """Each Classifier contributes its decoder, backend and labels. `executor`: where the backends run
+        (default: one thread per model; `serve` uses the main thread)."""
         self.options = options
         self.log = log
-        self.models = [ServedModel(c, max_batch_size=options.max_batch_size,
+        self.models = [ServedModel(c.resolved, c.decoder, c.backend, c.labels, max_batch_size=options.max_batch_size,
                                    max_queue_delay_ms=options.max_queue_delay_ms,
                                    max_queue_size=options.max_queue_size,
                                    request_timeout_ms=options.request_timeout_ms,
-                                   decode_workers=options.decode_workers, engine=engine) for c in classifiers]
+                                   decode_workers=options.decode_workers, executor=executor) for c in classifiers]
         self.state = ServerState(self.models, max_request_bytes=options.max_request_bytes, token=options.token)
         self.app = create_app(self.state, cors_origins=options.cors_origins)
         self.http_port: int | None = None
         self.grpc_port: int | None = None
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
+        self._http = None
+        self._http_task: asyncio.Task | None = None
+        self._grpc = None
+        self._signals = False
         self.wakeup: socket.socket | None = None  # signal.set_wakeup_fd's other end (set by `serve`)
 
     async def run(self, install_signals: bool = True) -> int:
-        import uvicorn
+        """start, serve until stop() (SIGTERM/SIGINT when `install_signals`), drain, close; the exit status."""
+        try:
+            if not await self.start(install_signals):
+                return 1
+            await self.serve()
+            await self.drain()
+        finally:
+            await self.close()
+        self.log("effnet serve: stopped")
+        return 0
 
+    async def start(self, install_signals: bool = True) -> bool:
+        """Schedulers up, both protocols listening, ready; False when the HTTP server could not start."""
         opts = self.options
         self._stop = asyncio.Event()
         self._loop = asyncio.get_running_loop()
@@ -71,66 +91,76 @@ class Server:
             self._loop.add_reader(self.wakeup.fileno(), self._on_wakeup)
         for m in self.models:
             await m.scheduler.start()
-        family = socket.AF_INET6 if ":" in opts.host else socket.AF_INET
-        # IPPROTO_TCP explicitly: asyncio turns Nagle off (TCP_NODELAY) only on sockets whose proto says TCP;
-        # with proto 0 every response whose headers and body are written apart waits ~40 ms for an ACK.
-        sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        sock.bind((opts.host, opts.http_port))
-        sock.listen(1024)
-        sock.setblocking(False)
+        sock = _listening_socket(opts.host, opts.http_port)
         self.http_port = sock.getsockname()[1]
+        import uvicorn
+
         config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off",
                                 timeout_graceful_shutdown=max(1.0, opts.drain_timeout), server_header=False,
                                 h11_max_incomplete_event_size=64 * 1024, http=_json_error_protocol())
-        http_server = _QuietServer(config)
-        grpc_server = None
+        self._http = _QuietServer(config)
         if opts.grpc_port is not None:
             from .grpc_service import create_server
 
-            grpc_server, self.grpc_port = create_server(self.state, opts.host, opts.grpc_port, opts.max_request_bytes)
-            await grpc_server.start()
-        http_task = asyncio.create_task(http_server.serve(sockets=[sock]))
-        while not http_server.started and not http_task.done():
+            self._grpc, self.grpc_port = create_server(self.state, opts.host, opts.grpc_port, opts.max_request_bytes)
+            await self._grpc.start()
+        self._http_task = asyncio.create_task(self._http.serve(sockets=[sock]))
+        while not self._http.started and not self._http_task.done():
             await asyncio.sleep(0.01)
-        if http_task.done():
-            await http_task
-            return 1
-        loop = asyncio.get_running_loop()
+        if self._http_task.done():
+            await self._http_task
+            return False
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.add_signal_handler(sig, self.stop)
+                self._loop.add_signal_handler(sig, self.stop)
+            self._signals = True
         host = f"[{opts.host}]" if ":" in opts.host else opts.host
         for m in self.models:
-            self.log(f"effnet serve: {m.name} on {m.classifier.backend.name} ({m.classifier.backend.precision}), "
+            where = m.backend.device + (f", {gpu}" if (gpu := m.describe().get("gpu")) else "")
+            self.log(f"effnet serve: {m.name} on {m.backend.name} ({m.backend.precision}, {where}), "
                      f"batches up to {m.max_batch_size}, queue {m.scheduler.max_queue_size}")
         self.log(f"effnet serve: HTTP on http://{host}:{self.http_port} (page at /, API at /docs)")
         if self.grpc_port is not None:
             self.log(f"effnet serve: gRPC on {host}:{self.grpc_port}")
         self.state.ready = True
         self.log("effnet serve: ready")
+        return True
+
+    async def serve(self) -> None:
+        """Until stop() (a signal) or the HTTP server ends by itself."""
+        assert self._stop is not None and self._http_task is not None
         stop_wait = asyncio.create_task(self._stop.wait())
-        await asyncio.wait({stop_wait, http_task}, return_when=asyncio.FIRST_COMPLETED)
-        # Drain: readiness is already off (stop()); finish what was accepted, then close the doors.
+        try:
+            await asyncio.wait({stop_wait, self._http_task}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stop_wait.cancel()
+
+    async def drain(self) -> None:
+        """Readiness is already off (stop()); finish what was accepted, up to drain_timeout."""
         self.state.ready = False
-        drained = all(await asyncio.gather(*(m.scheduler.drain(opts.drain_timeout) for m in self.models)))
+        timeout = self.options.drain_timeout
+        drained = all(await asyncio.gather(*(m.scheduler.drain(timeout) for m in self.models)))
         if not drained:
-            self.log(f"effnet serve: drain timeout ({opts.drain_timeout:g} s) passed with requests unanswered")
-        http_server.should_exit = True
-        if grpc_server is not None:
-            await grpc_server.stop(grace=1.0)
-        with contextlib.suppress(asyncio.CancelledError):
-            await http_task
-        stop_wait.cancel()
+            self.log(f"effnet serve: drain timeout ({timeout:g} s) passed with requests unanswered")
+
+    async def close(self) -> None:
+        """Close the doors: HTTP, gRPC, the schedulers, the signal handlers."""
+        self.state.ready = False
+        if self._http is not None:
+            self._http.should_exit = True
+        if self._grpc is not None:
+            await self._grpc.stop(grace=1.0)
+        if self._http_task is not None:
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._http_task
         for m in self.models:
             await m.close()
-        if install_signals:
-            for sig in (signal.SIGTERM, signal.SIGINT):
-                loop.remove_signal_handler(sig)
-        if self.wakeup is not None:
-            loop.remove_reader(self.wakeup.fileno())
-        self.log("effnet serve: stopped")
-        return 0
+        if self._loop is not None:
+            if self._signals:
+                for sig in (signal.SIGTERM, signal.SIGINT):
+                    self._loop.remove_signal_handler(sig)
+            if self.wakeup is not None:
+                self._loop.remove_reader(self.wakeup.fileno())
 
     def _on_wakeup(self) -> None:
         try:
@@ -152,6 +182,18 @@ class Server:
             m.scheduler.accepting = False
         if self._stop is not None:
             self._stop.set()
+
+
+def _listening_socket(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP explicitly: asyncio turns Nagle off (TCP_NODELAY) only on sockets whose proto says TCP;
+    # with proto 0 every response whose headers and body are written apart waits ~40 ms for an ACK.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(1024)
+    sock.setblocking(False)
+    return sock
 
 
 def _quiet_server_class():
@@ -195,8 +237,8 @@ def serve(classifiers: Sequence[Classifier], options: ServeOptions | None = None
 
     The event loop (HTTP, gRPC, scheduling) runs in a thread; the engines run on this, the main, thread
     (see MainThreadExecutor: PyTorch computes markedly faster there). Call it from the main thread."""
-    engine = MainThreadExecutor()
-    server = Server(classifiers, options or ServeOptions(), engine=engine)
+    executor = MainThreadExecutor()
+    server = Server(classifiers, options or ServeOptions(), executor=executor)
     outcome: dict[str, object] = {}
 
     def loop_thread() -> None:
@@ -205,7 +247,7 @@ def serve(classifiers: Sequence[Classifier], options: ServeOptions | None = None
         except BaseException as exc:  # noqa: BLE001 - reported on the main thread
             outcome["error"] = exc
         finally:
-            engine.shutdown()
+            executor.shutdown()
 
     thread = threading.Thread(target=loop_thread, name="effnet-serve-loop", daemon=True)
     handlers = {}
@@ -225,7 +267,7 @@ def serve(classifiers: Sequence[Classifier], options: ServeOptions | None = None
         pass
     try:
         thread.start()
-        engine.run()
+        executor.run()
         thread.join()
     finally:
         for sig, handler in handlers.items():
