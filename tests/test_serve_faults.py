@@ -1,14 +1,17 @@
 """Scheduling under faults, against a live server whose engine is a stand-in that sleeps a known time per batch
 (so the timings are exact and cost no CPU): overload -> only 200 and 503, deadlines that fire on time while a
-batch runs, clients that leave are not computed, SIGTERM drains and exits 0. Bounded in count and time."""
+batch runs, clients that leave are not computed, SIGTERM drains and exits 0, bodies that inflate to millions of
+JSON values. Bounded in count and time."""
 from __future__ import annotations
 
+import gzip
 import io
 import json
 import signal
 import socket
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -297,3 +300,86 @@ def test_a_streaming_engine_takes_the_next_batch_while_one_runs(tmp_path):
         wait_idle(s)
     finally:
         assert s.stop() == 0
+
+
+# ---- hostile clients ------------------------------------------------------------------------------
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM")
+
+
+def test_bodies_that_inflate_to_millions_of_json_values_are_refused_before_parsing():
+    """16 KB of gzip inflating to 16 MB of empty JSON arrays parsed into 5.6 million lists: +800 MB and 9 s of CPU
+    per body (about 3 GB at the default 64 MB limit), before any shape check or queue bound. Counted in the raw bytes
+    and refused first, the server's peak memory moves by about the bodies' own size while three arrive at once;
+    valid FP32 JSON, nested as the card's tensor or flat, gzip or not, is still answered."""
+    limit = 16 << 20
+    s = start(delay=0.05, max_request_bytes=limit)
+    try:
+        x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+        for data in (x.tolist(), x.reshape(-1).tolist()):
+            body = json.dumps({"inputs": [{"name": "data", "datatype": "FP32", "shape": [1, 3, 224, 224],
+                                           "data": data}]}).encode()
+            for headers, content in (({}, body), ({"Content-Encoding": "gzip"}, gzip.compress(body, 1))):
+                r = httpx.post(s.http + INFER, content=content, timeout=60,
+                               headers={"Content-Type": "application/json", **headers})
+                assert r.status_code == 200, r.text[:300]
+        before = peak_rss_mib(s.pid)
+        filler = b"[]," * ((limit - 100) // 3)
+        bomb = gzip.compress(b'{"inputs":[{"name":"data","datatype":"FP32","shape":[1],"data":[' + filler
+                             + b'[]]}]}', 9)
+        assert len(bomb) < 64 << 10
+        results: list = []
+
+        def send():
+            r = httpx.post(s.http + INFER, content=bomb, timeout=120,
+                           headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
+            results.append((r.status_code, r.json()))
+
+        threads = [threading.Thread(target=send) for _ in range(3)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        elapsed = time.perf_counter() - t0
+        grown = peak_rss_mib(s.pid) - before
+        assert grown < 8 * (limit >> 20), f"peak memory grew by {grown:.0f} MiB for three {limit >> 20} MiB bodies"
+        assert [code for code, _ in results] == [400] * 3, results
+        assert all("arrays, objects and strings" in body["error"] for _, body in results), results
+        assert elapsed < 5, f"three refusals took {elapsed:.1f} s"
+        assert httpx.get(s.http + "/v2/health/ready", timeout=5).status_code == 200
+    finally:
+        assert s.stop() == 0
+
+
+def test_a_large_body_waits_for_a_queue_place_before_it_is_parsed(slow):
+    """Inflating and parsing a large body costs several times its size, so it takes a queue place first: with the
+    queue full it is answered 503 unparsed (once it was parsed, whatever the queue held)."""
+    wait_idle(slow)
+    time.sleep(0.6)
+    big = b'{"inputs": [' + b" " * (1 << 20) + b"}"  # 1 MB, malformed: parsing it would answer 400
+    clients = [RawClient(slow.http) for _ in range(4)]  # the queue's size
+    codes: list = []
+    threads = [threading.Thread(target=lambda c=c: codes.append(c.post(INFER, tiny_jpeg(), RAW)[0])) for c in clients]
+    try:
+        for t in threads:
+            t.start()
+        end = time.monotonic() + 5
+        while metric(httpx.get(slow.http + "/metrics", timeout=5).text, "nv_inference_pending_request_count") < 4:
+            assert time.monotonic() < end, "the queue never filled"
+            time.sleep(0.005)
+        r = httpx.post(slow.http + INFER, content=big, headers={"Content-Type": "application/json"}, timeout=10)
+        assert r.status_code == 503 and "queue is full" in r.json()["error"] and r.headers["retry-after"], r.text
+        for t in threads:
+            t.join(30)
+        assert codes == [200] * 4
+    finally:
+        for c in clients:
+            c.close()
+    wait_idle(slow)
+    r = httpx.post(slow.http + INFER, content=big, headers={"Content-Type": "application/json"}, timeout=10)
+    assert r.status_code == 400 and "malformed JSON" in r.json()["error"]
