@@ -1,12 +1,15 @@
 """Scheduling under faults, against a live server whose engine is a stand-in that sleeps a known time per batch
 (so the timings are exact and cost no CPU): overload -> only 200 and 503, deadlines that fire on time while a
-batch runs, clients that leave are not computed, SIGTERM drains and exits 0, bodies that inflate to millions of
-JSON values. Bounded in count and time."""
+batch runs, clients that leave are not computed, SIGTERM drains and exits 0. Hostile clients: bodies that inflate
+to millions of JSON values, ambiguous HTTP framing, connections that never finish a request. Bounded in count
+and time."""
 from __future__ import annotations
 
 import gzip
 import io
 import json
+import os
+import selectors
 import signal
 import socket
 import threading
@@ -64,6 +67,10 @@ class StreamingSleepingEngine(SleepingEngine):
 
 options = json.loads(sys.argv[1])
 delay, log, capacity = options.pop("delay"), options.pop("log", None), options.pop("capacity", None)
+if options.get("nofile"):  # a lowered file limit, as a crowded host or container would give
+    import resource
+    resource.setrlimit(resource.RLIMIT_NOFILE, (options["nofile"], options["nofile"]))
+options.pop("nofile", None)
 engine = StreamingSleepingEngine(delay, log, capacity) if capacity else SleepingEngine(delay, log)
 sys.exit(serve([Classifier("efficientnet_lite0", "random", backend=engine)], ServeOptions(**options)))
 """
@@ -304,6 +311,49 @@ def test_a_streaming_engine_takes_the_next_batch_while_one_runs(tmp_path):
 
 # ---- hostile clients ------------------------------------------------------------------------------
 
+def address(server) -> tuple[str, int]:
+    host, port = server.http.removeprefix("http://").split(":")
+    return host, int(port)
+
+
+def exchange(server, data: bytes, timeout: float = 5) -> tuple[bytes, str]:
+    """`data` on a fresh connection, then what comes back until the server closes it or `timeout` passes:
+    -> (bytes, "closed" | "reset" | "open")."""
+    sock = socket.create_connection(address(server), timeout=timeout)
+    got, end = b"", time.monotonic() + timeout
+    try:
+        sock.sendall(data)
+        while time.monotonic() < end:
+            sock.settimeout(max(0.01, end - time.monotonic()))
+            try:
+                chunk = sock.recv(1 << 16)
+            except TimeoutError:
+                break
+            except ConnectionResetError:
+                return got, "reset"
+            if not chunk:
+                return got, "closed"
+            got += chunk
+        return got, "open"
+    finally:
+        sock.close()
+
+
+def responses(raw: bytes) -> list[tuple[int, dict]]:
+    """The JSON responses in `raw`, in order: [(status, body)]."""
+    out = []
+    while raw:
+        assert raw.startswith(b"HTTP/1.1 "), raw[:200]
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)}
+        n = int(headers["content-length"])
+        assert headers["content-type"] == "application/json", head
+        out.append((int(status_line.split()[1]), json.loads(rest[:n])))
+        raw = rest[n:]
+    return out
+
+
 def peak_rss_mib(pid: int) -> float:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
         if line.startswith("VmHWM:"):
@@ -383,3 +433,92 @@ def test_a_large_body_waits_for_a_queue_place_before_it_is_parsed(slow):
     wait_idle(slow)
     r = httpx.post(slow.http + INFER, content=big, headers={"Content-Type": "application/json"}, timeout=10)
     assert r.status_code == 400 and "malformed JSON" in r.json()["error"]
+
+
+def test_ambiguous_or_oversized_framing_is_refused_and_the_connection_closed(slow):
+    """RFC 9112 section 6.1: with both Content-Length and Transfer-Encoding, the bytes after the chunked body ran as a
+    second request on the same connection (request smuggling); and a chunk claiming 2^80 bytes was waited for."""
+    smuggled = (f"POST {INFER} HTTP/1.1\r\nHost: x\r\nInference-Header-Content-Length: 0\r\nContent-Length: 5\r\n"
+                "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n").encode()
+    raw, end = exchange(slow, smuggled)
+    got = responses(raw)
+    assert len(got) == 1 and end in ("closed", "reset"), (raw[:400], end)
+    assert got[0][0] == 400 and "Content-Length and Transfer-Encoding" in got[0][1]["error"], got
+    limit = 64 << 20  # the server's --max-request-bytes
+    for size in ("F" * 20, f"{limit + 1:x}", f"{2**80:x}"):
+        t0 = time.perf_counter()
+        raw, end = exchange(slow, (f"POST {INFER} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{size}\r\n"
+                                   "abc").encode(), timeout=3)
+        elapsed = time.perf_counter() - t0
+        got = responses(raw)
+        assert len(got) == 1 and got[0][0] in (400, 413) and end == "closed", (size, raw[:300], end)
+        assert elapsed < 1, f"a chunk of 0x{size} bytes was answered after {elapsed:.1f} s"
+    jpeg = tiny_jpeg()  # chunks within the limit are served as before
+    raw, end = exchange(slow, (f"POST {INFER} HTTP/1.1\r\nHost: x\r\nInference-Header-Content-Length: 0\r\n"
+                               f"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n{len(jpeg):x}\r\n").encode()
+                        + jpeg + b"\r\n0\r\n\r\n", timeout=30)
+    assert [status for status, _ in responses(raw)] == [200] and end == "closed"
+
+
+def test_slow_connections_are_closed_on_time_and_never_lock_out_clients():
+    """Connections whose request head never ended were held forever: about 1,000 of them against a 1,024-file
+    limit stopped all service, and asyncio logged a traceback per failed accept (300 MB a minute). Here 300 against
+    256 files: the server keeps files free, answers other clients at once, closes every slow connection within
+    its header timeout (or sooner, for a newcomer), and logs a line or two."""
+    timeout = 2.0
+    s = start(delay=0.05, nofile=256, header_timeout=timeout, keep_alive_timeout=1)
+    slow_socks: dict[socket.socket, float] = {}
+    try:
+        logged = len(s.lines)
+        for _ in range(300):
+            c = socket.create_connection(address(s), timeout=10)
+            c.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # a head that never ends
+            slow_socks[c] = time.monotonic()
+        assert len(os.listdir(f"/proc/{s.pid}/fd")) < 256
+        t0 = time.perf_counter()
+        assert httpx.get(s.http + "/v2/health/ready", timeout=3).status_code == 200
+        assert httpx.post(s.http + INFER, content=tiny_jpeg(), headers=RAW, timeout=10).status_code == 200
+        assert time.perf_counter() - t0 < 2
+        # Every slow connection is closed within the timeout and a little (408 when part of a head came).
+        closed: dict[socket.socket, float] = {}
+        got: dict[socket.socket, bytes] = {}
+        with selectors.DefaultSelector() as sel:
+            for c in slow_socks:
+                c.setblocking(False)
+                sel.register(c, selectors.EVENT_READ)
+            end = time.monotonic() + timeout + 3
+            while len(closed) < len(slow_socks) and time.monotonic() < end:
+                for key, _ in sel.select(0.1):
+                    c = key.fileobj
+                    try:
+                        chunk = c.recv(1 << 16)
+                    except (ConnectionResetError, BlockingIOError):
+                        chunk = b""
+                    got[c] = got.get(c, b"") + chunk
+                    if not chunk:
+                        closed[c] = time.monotonic()
+                        sel.unregister(c)
+        late = [closed.get(c, float("inf")) - opened for c, opened in slow_socks.items()
+                if closed.get(c, float("inf")) - opened > timeout + 1]
+        assert not late, f"{len(late)} slow connections were still open {timeout + 1} s after they opened"
+        for data in got.values():
+            assert all(status == 408 for status, _ in responses(data)), data[:300]
+        assert httpx.get(s.http + "/v2/health/live", timeout=3).status_code == 200
+        # An idle keep-alive connection closes after --keep-alive-timeout; a body that stalls, after the timeout.
+        client = RawClient(s.http)
+        assert client.post(INFER, tiny_jpeg(), RAW)[0] == 200
+        t0 = time.perf_counter()
+        assert client.sock.recv(1) == b""
+        assert 0.8 < time.perf_counter() - t0 < 2.5
+        client.close()
+        t0 = time.perf_counter()
+        raw, end = exchange(s, f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{'x' * 10}".encode(),
+                            timeout=timeout + 3)
+        assert [status for status, _ in responses(raw)] == [408] and end == "closed", raw[:300]
+        assert timeout - 0.2 < time.perf_counter() - t0 < timeout + 1
+        lines = s.lines[logged:]
+        assert len(lines) <= 3 and sum(map(len, lines)) < 1000, lines[:5]
+    finally:
+        for c in slow_socks:
+            c.close()
+        assert s.stop() == 0

@@ -15,8 +15,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
-import orjson
-
 from ..classifier import Classifier
 from .http import ServerState, create_app
 from .model import ServedModel
@@ -37,6 +35,9 @@ class ServeOptions:
     cors_origins: list[str] = field(default_factory=list)
     drain_timeout: float = 30.0
     decode_workers: int = 2
+    header_timeout: float = 10.0          # a request's head must arrive within this; a body may not stall longer
+    keep_alive_timeout: float = 5.0       # idle keep-alive connections close after this
+    max_connections: int | None = None    # None: as many as the file limit (RLIMIT_NOFILE) leaves room for
 
 
 class Server:
@@ -80,9 +81,13 @@ class Server:
         sock.listen(1024)
         sock.setblocking(False)
         self.http_port = sock.getsockname()[1]
+        from .connections import HEAD_LIMIT, Limits, http_protocol, quiet_accept_errors
+
+        limits = Limits.for_process(opts.max_request_bytes, opts.header_timeout, opts.max_connections)
         config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off",
                                 timeout_graceful_shutdown=max(1.0, opts.drain_timeout), server_header=False,
-                                h11_max_incomplete_event_size=64 * 1024, http=_json_error_protocol())
+                                h11_max_incomplete_event_size=HEAD_LIMIT, http=http_protocol(limits, self.log),
+                                timeout_keep_alive=opts.keep_alive_timeout, backlog=limits.accept_batch)
         http_server = _QuietServer(config)
         grpc_server = None
         if opts.grpc_port is not None:
@@ -96,7 +101,11 @@ class Server:
         if http_task.done():
             await http_task
             return 1
+        # asyncio listened with its accept batch (limits.accept_batch) as the kernel's queue: make the queue
+        # uvicorn's usual 2048 again, so bursts of clients wait in it instead of retrying their SYNs.
+        sock.listen(2048)
         loop = asyncio.get_running_loop()
+        restore_handler = quiet_accept_errors(loop, self.log)
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 loop.add_signal_handler(sig, self.stop)
@@ -129,6 +138,7 @@ class Server:
                 loop.remove_signal_handler(sig)
         if self.wakeup is not None:
             loop.remove_reader(self.wakeup.fileno())
+        restore_handler()
         self.log("effnet serve: stopped")
         return 0
 
@@ -165,25 +175,6 @@ def _quiet_server_class():
             yield
 
     return QuietServer
-
-
-def _json_error_protocol():
-    """uvicorn's h11 protocol, answering requests it cannot parse (bad Content-Length, oversized headers)
-    with JSON {"error"} like every other non-200, instead of text/plain."""
-    import h11
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-
-    class JsonErrorH11Protocol(H11Protocol):
-        def send_400_response(self, msg: str) -> None:
-            body = orjson.dumps({"error": f"bad HTTP request: {msg}"})
-            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                       (b"connection", b"close")]
-            self.transport.write(self.conn.send(h11.Response(status_code=400, headers=headers, reason=b"Bad Request")))
-            self.transport.write(self.conn.send(h11.Data(data=body)))
-            self.transport.write(self.conn.send(h11.EndOfMessage()))
-            self.transport.close()
-
-    return JsonErrorH11Protocol
 
 
 def _QuietServer(config):  # noqa: N802 - a class factory, so that importing this module needs no uvicorn
