@@ -522,3 +522,34 @@ def test_slow_connections_are_closed_on_time_and_never_lock_out_clients():
         for c in slow_socks:
             c.close()
         assert s.stop() == 0
+
+
+def test_at_the_connection_cap_with_every_connection_busy_new_ones_get_503():
+    """When every connection the cap allows has a request in progress (none to make room), a newcomer is answered
+    a JSON 503 with Retry-After at once and closed; once they finish, newcomers are served."""
+    s = start(delay=0.6, max_connections=2)
+    clients = [RawClient(s.http) for _ in range(2)]
+    try:
+        codes: list = []
+        threads = [threading.Thread(target=lambda c=c: codes.append(c.post(INFER, tiny_jpeg(), RAW)[0]))
+                   for c in clients]
+        for t in threads:
+            t.start()
+        time.sleep(0.15)  # both requests are in the engine or the queue for another ~0.4 s
+        t0 = time.perf_counter()
+        raw, end = exchange(s, b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n", timeout=3)
+        assert time.perf_counter() - t0 < 0.3 and end in ("closed", "reset")
+        got = responses(raw)
+        assert [status for status, _ in got] == [503] and "connections" in got[0][1]["error"], raw[:300]
+        assert b"retry-after: 1" in raw.lower()
+        for t in threads:
+            t.join(30)
+        assert codes == [200, 200]
+        for c in clients:
+            c.close()
+        time.sleep(0.2)
+        assert httpx.get(s.http + "/v2/health/live", timeout=5).status_code == 200
+    finally:
+        for c in clients:
+            c.close()
+        assert s.stop() == 0
