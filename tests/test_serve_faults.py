@@ -118,7 +118,7 @@ def engine_log(tmp_path_factory):
 def slow(engine_log):
     s = start(delay=0.5, max_batch_size=2, max_queue_size=4, max_queue_delay_ms=5, log=str(engine_log))
     yield s
-    assert s.stop() == 0
+    assert s.stop() == 0, s.lines[-20:]
 
 
 def stats(server) -> dict:
@@ -521,7 +521,7 @@ def test_slow_connections_are_closed_on_time_and_never_lock_out_clients():
     finally:
         for c in slow_socks:
             c.close()
-        assert s.stop() == 0
+        assert s.stop() == 0, s.lines[-20:]
 
 
 def test_at_the_connection_cap_with_every_connection_busy_new_ones_get_503():
