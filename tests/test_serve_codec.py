@@ -4,15 +4,19 @@ from __future__ import annotations
 import base64
 import gzip
 import struct
+import time
 
 import numpy as np
 import orjson
 import pytest
 
 from effnet.serve.codec import (
+    JSON_BYTES_PER_VALUE,
+    JSON_FREE_VALUES,
     ProtocolError,
     TooLarge,
     build_outputs,
+    check_json_values,
     check_shape,
     decompress,
     http_response,
@@ -90,6 +94,30 @@ def test_lying_header_length_and_deep_json():
     for depth in (100, 100_000):
         with pytest.raises(ProtocolError, match="JSON"):
             parse_http_request(b"[" * depth + b"]" * depth, None, LIMIT, "data")
+
+
+def test_json_values_are_counted_before_parsing():
+    """Arrays, objects and strings cost 50-60 bytes each once parsed: more than one per JSON_BYTES_PER_VALUE bytes
+    (past a floor) is refused from a count of the raw bytes, before orjson builds any; the bound is exact, and
+    binary tensor bytes after the JSON header are not counted."""
+    bomb = b'{"inputs":[{"name":"data","datatype":"FP32","shape":[1],"data":[' + b"[]," * 3_000_000 + b"[]]}]}"
+    t0 = time.perf_counter()
+    with pytest.raises(ProtocolError, match="arrays, objects and strings"):
+        parse_http_request(bomb, None, 16 << 20, "data")
+    assert time.perf_counter() - t0 < 0.5  # parsing it took seconds and about 500 MB
+    size = 160_000
+    allowed = JSON_FREE_VALUES + size // JSON_BYTES_PER_VALUE
+    for opening in (b"[", b"{"):
+        check_json_values(opening * allowed + b" " * (size - allowed), size)
+        with pytest.raises(ProtocolError, match=f"holds {allowed + 1} arrays"):
+            check_json_values(opening * (allowed + 1) + b" " * (size - allowed - 1), size)
+    check_json_values(b'""' * allowed + b" " * (size - 2 * allowed), size)
+    with pytest.raises(ProtocolError, match="strings"):
+        check_json_values(b'""' * (allowed + 1) + b" " * (size - 2 * allowed - 2), size)
+    blob = b"[" * (4 * 300_000)  # FP32 data whose bytes happen to be '[' (each float is 0x5B5B5B5B)
+    raw, n = body({"inputs": [{"name": "data", "datatype": "FP32", "shape": [300_000],
+                               "parameters": {"binary_data_size": len(blob)}}]}, blob)
+    assert parse_http_request(raw, n, 16 << 20, "data").inputs[0].data.shape == (300_000,)
 
 
 def test_shape_arithmetic_cannot_overflow():

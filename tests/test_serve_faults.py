@@ -1,14 +1,20 @@
 """Scheduling under faults, against a live server whose engine is a stand-in that sleeps a known time per batch
 (so the timings are exact and cost no CPU): overload -> only 200 and 503, deadlines that fire on time while a
-batch runs, clients that leave are not computed, SIGTERM drains and exits 0. Bounded in count and time."""
+batch runs, clients that leave are not computed, SIGTERM drains and exits 0. Hostile clients: bodies that inflate
+to millions of JSON values, ambiguous HTTP framing, connections that never finish a request. Bounded in count
+and time."""
 from __future__ import annotations
 
+import gzip
 import io
 import json
+import os
+import selectors
 import signal
 import socket
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -61,6 +67,10 @@ class StreamingSleepingEngine(SleepingEngine):
 
 options = json.loads(sys.argv[1])
 delay, log, capacity = options.pop("delay"), options.pop("log", None), options.pop("capacity", None)
+if options.get("nofile"):  # a lowered file limit, as a crowded host or container would give
+    import resource
+    resource.setrlimit(resource.RLIMIT_NOFILE, (options["nofile"], options["nofile"]))
+options.pop("nofile", None)
 engine = StreamingSleepingEngine(delay, log, capacity) if capacity else SleepingEngine(delay, log)
 sys.exit(serve([Classifier("efficientnet_lite0", "random", backend=engine)], ServeOptions(**options)))
 """
@@ -108,7 +118,7 @@ def engine_log(tmp_path_factory):
 def slow(engine_log):
     s = start(delay=0.5, max_batch_size=2, max_queue_size=4, max_queue_delay_ms=5, log=str(engine_log))
     yield s
-    assert s.stop() == 0
+    assert s.stop() == 0, s.lines[-20:]
 
 
 def stats(server) -> dict:
@@ -296,4 +306,250 @@ def test_a_streaming_engine_takes_the_next_batch_while_one_runs(tmp_path):
         assert httpx.post(s.http + INFER, content=tiny_jpeg(60), headers=RAW, timeout=30).status_code == 200
         wait_idle(s)
     finally:
+        assert s.stop() == 0
+
+
+# ---- hostile clients ------------------------------------------------------------------------------
+
+def address(server) -> tuple[str, int]:
+    host, port = server.http.removeprefix("http://").split(":")
+    return host, int(port)
+
+
+def exchange(server, data: bytes, timeout: float = 5) -> tuple[bytes, str]:
+    """`data` on a fresh connection, then what comes back until the server closes it or `timeout` passes:
+    -> (bytes, "closed" | "reset" | "open")."""
+    sock = socket.create_connection(address(server), timeout=timeout)
+    got, end = b"", time.monotonic() + timeout
+    try:
+        sock.sendall(data)
+        while time.monotonic() < end:
+            sock.settimeout(max(0.01, end - time.monotonic()))
+            try:
+                chunk = sock.recv(1 << 16)
+            except TimeoutError:
+                break
+            except ConnectionResetError:
+                return got, "reset"
+            if not chunk:
+                return got, "closed"
+            got += chunk
+        return got, "open"
+    finally:
+        sock.close()
+
+
+def responses(raw: bytes) -> list[tuple[int, dict]]:
+    """The JSON responses in `raw`, in order: [(status, body)]."""
+    out = []
+    while raw:
+        assert raw.startswith(b"HTTP/1.1 "), raw[:200]
+        head, _, rest = raw.partition(b"\r\n\r\n")
+        status_line, *lines = head.decode("latin-1").split("\r\n")
+        headers = {k.lower(): v.strip() for k, v in (line.split(":", 1) for line in lines)}
+        n = int(headers["content-length"])
+        assert headers["content-type"] == "application/json", head
+        out.append((int(status_line.split()[1]), json.loads(rest[:n])))
+        raw = rest[n:]
+    return out
+
+
+def peak_rss_mib(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM")
+
+
+def test_bodies_that_inflate_to_millions_of_json_values_are_refused_before_parsing():
+    """16 KB of gzip inflating to 16 MB of empty JSON arrays parsed into 5.6 million lists: +800 MB and 9 s of CPU
+    per body (about 3 GB at the default 64 MB limit), before any shape check or queue bound. Counted in the raw bytes
+    and refused first, the server's peak memory moves by about the bodies' own size while three arrive at once;
+    valid FP32 JSON, nested as the card's tensor or flat, gzip or not, is still answered."""
+    limit = 16 << 20
+    s = start(delay=0.05, max_request_bytes=limit)
+    try:
+        x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
+        for data in (x.tolist(), x.reshape(-1).tolist()):
+            body = json.dumps({"inputs": [{"name": "data", "datatype": "FP32", "shape": [1, 3, 224, 224],
+                                           "data": data}]}).encode()
+            for headers, content in (({}, body), ({"Content-Encoding": "gzip"}, gzip.compress(body, 1))):
+                r = httpx.post(s.http + INFER, content=content, timeout=60,
+                               headers={"Content-Type": "application/json", **headers})
+                assert r.status_code == 200, r.text[:300]
+        before = peak_rss_mib(s.pid)
+        filler = b"[]," * ((limit - 100) // 3)
+        bomb = gzip.compress(b'{"inputs":[{"name":"data","datatype":"FP32","shape":[1],"data":[' + filler
+                             + b'[]]}]}', 9)
+        assert len(bomb) < 64 << 10
+        results: list = []
+
+        def send():
+            r = httpx.post(s.http + INFER, content=bomb, timeout=120,
+                           headers={"Content-Encoding": "gzip", "Content-Type": "application/json"})
+            results.append((r.status_code, r.json()))
+
+        threads = [threading.Thread(target=send) for _ in range(3)]
+        t0 = time.perf_counter()
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join(120)
+        elapsed = time.perf_counter() - t0
+        grown = peak_rss_mib(s.pid) - before
+        assert grown < 8 * (limit >> 20), f"peak memory grew by {grown:.0f} MiB for three {limit >> 20} MiB bodies"
+        assert [code for code, _ in results] == [400] * 3, results
+        assert all("arrays, objects and strings" in body["error"] for _, body in results), results
+        assert elapsed < 5, f"three refusals took {elapsed:.1f} s"
+        assert httpx.get(s.http + "/v2/health/ready", timeout=5).status_code == 200
+    finally:
+        assert s.stop() == 0
+
+
+def test_a_large_body_waits_for_a_queue_place_before_it_is_parsed(slow):
+    """Inflating and parsing a large body costs several times its size, so it takes a queue place first: with the
+    queue full it is answered 503 unparsed (once it was parsed, whatever the queue held)."""
+    wait_idle(slow)
+    time.sleep(0.6)
+    big = b'{"inputs": [' + b" " * (1 << 20) + b"}"  # 1 MB, malformed: parsing it would answer 400
+    clients = [RawClient(slow.http) for _ in range(4)]  # the queue's size
+    codes: list = []
+    threads = [threading.Thread(target=lambda c=c: codes.append(c.post(INFER, tiny_jpeg(), RAW)[0])) for c in clients]
+    try:
+        for t in threads:
+            t.start()
+        end = time.monotonic() + 5
+        while metric(httpx.get(slow.http + "/metrics", timeout=5).text, "nv_inference_pending_request_count") < 4:
+            assert time.monotonic() < end, "the queue never filled"
+            time.sleep(0.005)
+        r = httpx.post(slow.http + INFER, content=big, headers={"Content-Type": "application/json"}, timeout=10)
+        assert r.status_code == 503 and "queue is full" in r.json()["error"] and r.headers["retry-after"], r.text
+        for t in threads:
+            t.join(30)
+        assert codes == [200] * 4
+    finally:
+        for c in clients:
+            c.close()
+    wait_idle(slow)
+    r = httpx.post(slow.http + INFER, content=big, headers={"Content-Type": "application/json"}, timeout=10)
+    assert r.status_code == 400 and "malformed JSON" in r.json()["error"]
+
+
+def test_ambiguous_or_oversized_framing_is_refused_and_the_connection_closed(slow):
+    """RFC 9112 section 6.1: with both Content-Length and Transfer-Encoding, the bytes after the chunked body ran as a
+    second request on the same connection (request smuggling); and a chunk claiming 2^80 bytes was waited for."""
+    smuggled = (f"POST {INFER} HTTP/1.1\r\nHost: x\r\nInference-Header-Content-Length: 0\r\nContent-Length: 5\r\n"
+                "Transfer-Encoding: chunked\r\n\r\n0\r\n\r\nGET /v2/health/ready HTTP/1.1\r\nHost: x\r\n\r\n").encode()
+    raw, end = exchange(slow, smuggled)
+    got = responses(raw)
+    assert len(got) == 1 and end in ("closed", "reset"), (raw[:400], end)
+    assert got[0][0] == 400 and "Content-Length and Transfer-Encoding" in got[0][1]["error"], got
+    limit = 64 << 20  # the server's --max-request-bytes
+    for size in ("F" * 20, f"{limit + 1:x}", f"{2**80:x}"):
+        t0 = time.perf_counter()
+        raw, end = exchange(slow, (f"POST {INFER} HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\n{size}\r\n"
+                                   "abc").encode(), timeout=3)
+        elapsed = time.perf_counter() - t0
+        got = responses(raw)
+        assert len(got) == 1 and got[0][0] in (400, 413) and end == "closed", (size, raw[:300], end)
+        assert elapsed < 1, f"a chunk of 0x{size} bytes was answered after {elapsed:.1f} s"
+    jpeg = tiny_jpeg()  # chunks within the limit are served as before
+    raw, end = exchange(slow, (f"POST {INFER} HTTP/1.1\r\nHost: x\r\nInference-Header-Content-Length: 0\r\n"
+                               f"Transfer-Encoding: chunked\r\nConnection: close\r\n\r\n{len(jpeg):x}\r\n").encode()
+                        + jpeg + b"\r\n0\r\n\r\n", timeout=30)
+    assert [status for status, _ in responses(raw)] == [200] and end == "closed"
+
+
+def test_slow_connections_are_closed_on_time_and_never_lock_out_clients():
+    """Connections whose request head never ended were held forever: about 1,000 of them against a 1,024-file
+    limit stopped all service, and asyncio logged a traceback per failed accept (300 MB a minute). Here 300 against
+    256 files: the server keeps files free, answers other clients at once, closes every slow connection within
+    its header timeout (or sooner, for a newcomer), and logs a line or two."""
+    timeout = 2.0
+    s = start(delay=0.05, nofile=256, header_timeout=timeout, keep_alive_timeout=1)
+    slow_socks: dict[socket.socket, float] = {}
+    try:
+        logged = len(s.lines)
+        for _ in range(300):
+            c = socket.create_connection(address(s), timeout=10)
+            c.sendall(b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\nX-Slow: ")  # a head that never ends
+            slow_socks[c] = time.monotonic()
+        assert len(os.listdir(f"/proc/{s.pid}/fd")) < 256
+        t0 = time.perf_counter()
+        assert httpx.get(s.http + "/v2/health/ready", timeout=3).status_code == 200
+        assert httpx.post(s.http + INFER, content=tiny_jpeg(), headers=RAW, timeout=10).status_code == 200
+        assert time.perf_counter() - t0 < 2
+        # Every slow connection is closed within the timeout and a little (408 when part of a head came).
+        closed: dict[socket.socket, float] = {}
+        got: dict[socket.socket, bytes] = {}
+        with selectors.DefaultSelector() as sel:
+            for c in slow_socks:
+                c.setblocking(False)
+                sel.register(c, selectors.EVENT_READ)
+            end = time.monotonic() + timeout + 3
+            while len(closed) < len(slow_socks) and time.monotonic() < end:
+                for key, _ in sel.select(0.1):
+                    c = key.fileobj
+                    try:
+                        chunk = c.recv(1 << 16)
+                    except (ConnectionResetError, BlockingIOError):
+                        chunk = b""
+                    got[c] = got.get(c, b"") + chunk
+                    if not chunk:
+                        closed[c] = time.monotonic()
+                        sel.unregister(c)
+        late = [closed.get(c, float("inf")) - opened for c, opened in slow_socks.items()
+                if closed.get(c, float("inf")) - opened > timeout + 1]
+        assert not late, f"{len(late)} slow connections were still open {timeout + 1} s after they opened"
+        for data in got.values():
+            assert all(status == 408 for status, _ in responses(data)), data[:300]
+        assert httpx.get(s.http + "/v2/health/live", timeout=3).status_code == 200
+        # An idle keep-alive connection closes after --keep-alive-timeout; a body that stalls, after the timeout.
+        client = RawClient(s.http)
+        assert client.post(INFER, tiny_jpeg(), RAW)[0] == 200
+        t0 = time.perf_counter()
+        assert client.sock.recv(1) == b""
+        assert 0.8 < time.perf_counter() - t0 < 2.5
+        client.close()
+        t0 = time.perf_counter()
+        raw, end = exchange(s, f"POST {INFER} HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\r\n{'x' * 10}".encode(),
+                            timeout=timeout + 3)
+        assert [status for status, _ in responses(raw)] == [408] and end == "closed", raw[:300]
+        assert timeout - 0.2 < time.perf_counter() - t0 < timeout + 1
+        lines = s.lines[logged:]
+        assert len(lines) <= 3 and sum(map(len, lines)) < 1000, lines[:5]
+    finally:
+        for c in slow_socks:
+            c.close()
+        assert s.stop() == 0, s.lines[-20:]
+
+
+def test_at_the_connection_cap_with_every_connection_busy_new_ones_get_503():
+    """When every connection the cap allows has a request in progress (none to make room), a newcomer is answered
+    a JSON 503 with Retry-After at once and closed; once they finish, newcomers are served."""
+    s = start(delay=0.6, max_connections=2)
+    clients = [RawClient(s.http) for _ in range(2)]
+    try:
+        codes: list = []
+        threads = [threading.Thread(target=lambda c=c: codes.append(c.post(INFER, tiny_jpeg(), RAW)[0]))
+                   for c in clients]
+        for t in threads:
+            t.start()
+        time.sleep(0.15)  # both requests are in the engine or the queue for another ~0.4 s
+        t0 = time.perf_counter()
+        raw, end = exchange(s, b"GET /v2/health/live HTTP/1.1\r\nHost: x\r\n\r\n", timeout=3)
+        assert time.perf_counter() - t0 < 0.3 and end in ("closed", "reset")
+        got = responses(raw)
+        assert [status for status, _ in got] == [503] and "connections" in got[0][1]["error"], raw[:300]
+        assert b"retry-after: 1" in raw.lower()
+        for t in threads:
+            t.join(30)
+        assert codes == [200, 200]
+        for c in clients:
+            c.close()
+        time.sleep(0.2)
+        assert httpx.get(s.http + "/v2/health/live", timeout=5).status_code == 200
+    finally:
+        for c in clients:
+            c.close()
         assert s.stop() == 0

@@ -61,6 +61,15 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="on SIGTERM, how long to finish accepted requests before exiting (default 30)")
     p.add_argument("--decode-workers", type=positive_int, default=2, metavar="N",
                    help="threads decoding images while the engine runs (default 2)")
+    p.add_argument("--header-timeout", type=positive_float, default=10.0, metavar="S",
+                   help="close an HTTP connection whose request line and headers have not arrived S seconds after "
+                        "it opened (or after its previous answer), or whose body pauses longer (default 10)")
+    p.add_argument("--keep-alive-timeout", type=positive_float, default=5.0, metavar="S",
+                   help="close an idle keep-alive HTTP connection after S seconds (default 5)")
+    p.add_argument("--max-connections", type=positive_int, default=None, metavar="N",
+                   help="HTTP connections open at once; at the cap the one idle longest makes room, and when all "
+                        "have requests in progress new ones get 503 (default and most: what the open-file limit, "
+                        "ulimit -n, leaves room for)")
     p.set_defaults(run=run)
 
 
@@ -91,5 +100,7 @@ def run(args: argparse.Namespace) -> int:
                            max_queue_delay_ms=args.max_queue_delay_ms,
                            max_queue_size=args.max_queue_size, request_timeout_ms=args.request_timeout_ms,
                            max_request_bytes=args.max_request_bytes, token=token, cors_origins=args.cors_origin,
-                           drain_timeout=args.drain_timeout, decode_workers=args.decode_workers)
+                           drain_timeout=args.drain_timeout, decode_workers=args.decode_workers,
+                           header_timeout=args.header_timeout, keep_alive_timeout=args.keep_alive_timeout,
+                           max_connections=args.max_connections)
     return serve(classifiers, options)

@@ -1,10 +1,11 @@
 """The Open Inference Protocol (KServe v2) on the wire, with Triton's binary-data, classification and
 schedule-policy extensions: request bodies -> InferRequest, results -> response bodies.
 
-Everything here is pure and bounded: JSON nesting is bounded by orjson (and by a depth check of our own),
-shapes are multiplied in Python integers (no overflow) and checked against the body's size before any
-array is allocated, binary sizes must add up to the body exactly. Mistakes raise errors.ProtocolError
-(or TooLarge), which carry their HTTP status and gRPC code.
+Everything here is pure and bounded: JSON's arrays, objects and strings are counted before it is parsed (at
+most in proportion to the body's size), its nesting is bounded by orjson (and by a depth check of our own),
+shapes are multiplied in Python integers (no overflow) and checked against the body's size before any array is
+allocated, binary sizes must add up to the body exactly. Mistakes raise errors.ProtocolError (or TooLarge),
+which carry their HTTP status and gRPC code.
 """
 from __future__ import annotations
 
@@ -24,6 +25,12 @@ from .errors import ProtocolError, TooLarge, UnsupportedEncoding
 
 MAX_DIMS = 8
 MAX_JSON_DEPTH = 64  # an inference request is 5 levels deep; nested FP32 data adds 4
+# Once parsed, each array, object or string costs 50-60 bytes (an empty array from 3 bytes of "[],"), a number up to
+# 32. A valid request holds few of the former: its numbers sit in long arrays (FP32 [N,3,S,S] nested: one array per
+# S numbers) and its images are long base64 strings. Allowing one per 16 bytes of JSON keeps any body's parse within
+# a few times its size, as a valid one's is (8-10x for FP32 numbers).
+JSON_BYTES_PER_VALUE = 16
+JSON_FREE_VALUES = 16384  # what any request may hold however short (names, parameters, outputs): 1-2 MB parsed
 HEADER_LENGTH = "inference-header-content-length"
 
 
@@ -87,28 +94,46 @@ def decompress(body: bytes, encoding: str | None, limit: int) -> bytes:
     return out
 
 
-def load_json(data: bytes | memoryview) -> Any:
+def load_json(data: bytes, end: int | None = None) -> Any:
+    """`data[:end]` as JSON, counted (check_json_values) before orjson builds anything, and depth-checked."""
+    end = len(data) if end is None else end
+    check_json_values(data, end)
     try:
-        value = orjson.loads(data)
+        value = orjson.loads(memoryview(data)[:end] if end < len(data) else data)
     except orjson.JSONDecodeError as exc:
         raise ProtocolError(f"malformed JSON: {str(exc).splitlines()[0]}") from None
     _check_depth(value)
     return value
 
 
+def check_json_values(data: bytes, end: int) -> None:
+    """Refuse JSON holding more arrays, objects and strings than JSON_BYTES_PER_VALUE allows, from a count of
+    their opening bytes (a C-speed scan; quotes inside strings only make the count larger): a small gzip body of
+    empty arrays would otherwise claim gigabytes while it is parsed."""
+    allowed = JSON_FREE_VALUES + end // JSON_BYTES_PER_VALUE
+    if end <= allowed:
+        return  # too short to hold more, whatever it says
+    values = data.count(b"[", 0, end) + data.count(b"{", 0, end) + data.count(b'"', 0, end) // 2
+    if values > allowed:
+        raise ProtocolError(f"JSON of {end} bytes holds {values} arrays, objects and strings; a request that size "
+                            f"holds at most {allowed} (put tensor data in flat arrays or binary)")
+
+
 def _check_depth(value: Any) -> None:
-    """Iterative (no recursion): containers deeper than MAX_JSON_DEPTH are refused."""
-    stack = [(value, 1)]
-    while stack:
-        item, depth = stack.pop()
+    """Level by level (no recursion, and a level is a list of references, not of tuples): containers deeper
+    than MAX_JSON_DEPTH are refused."""
+    level, depth = [value], 1
+    while level:
         if depth > MAX_JSON_DEPTH:
             raise ProtocolError(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
-        if isinstance(item, dict):
-            stack.extend((v, depth + 1) for v in item.values() if isinstance(v, (dict, list)))
-        elif isinstance(item, list):
-            # Numeric data arrays are wide, not deep: only look inside lists that hold containers.
-            if item and isinstance(item[0], (dict, list)):
-                stack.extend((v, depth + 1) for v in item if isinstance(v, (dict, list)))
+        inner: list = []
+        for item in level:
+            if isinstance(item, dict):
+                inner.extend(v for v in item.values() if isinstance(v, (dict, list)))
+            elif isinstance(item, list) and item and isinstance(item[0], (dict, list)):
+                # Numeric data arrays are wide, not deep: only look inside lists that hold containers.
+                inner.extend(v for v in item if isinstance(v, (dict, list)))
+        level, depth = inner, depth + 1
 
 
 def split_http_body(body: bytes, header_length: str | None) -> tuple[Any, memoryview | None, bool]:
@@ -125,7 +150,7 @@ def split_http_body(body: bytes, header_length: str | None) -> tuple[Any, memory
     view = memoryview(body)
     if n == 0:
         return None, view, True
-    return load_json(view[:n]), view[n:], False
+    return load_json(body, n), view[n:], False
 
 
 # ---- requests -------------------------------------------------------------------------------------

@@ -47,8 +47,9 @@ def failure(exc: BaseException) -> Response:
     return error(f"internal error: {type(exc).__name__}", 500)
 
 
-async def read_body(request: Request, limit: int) -> bytes:
-    """The body, refused with 413 as soon as it passes `limit` bytes (before or after decompression)."""
+async def read_body(request: Request, limit: int, inflate: bool = True) -> bytes:
+    """The body, refused with 413 as soon as it passes `limit` bytes (before or after decompression);
+    `inflate=False`: as sent (then `inflated` decompresses it)."""
     length = request.headers.get("content-length")
     if length is not None:
         if not length.strip().isdigit():
@@ -62,9 +63,17 @@ async def read_body(request: Request, limit: int) -> bytes:
             raise TooLarge(f"request body is over the server's {limit}-byte limit")
         chunks.append(chunk)
     body = b"".join(chunks)
+    return await inflated(request, body, limit) if inflate else body
+
+
+def compressed(request: Request) -> bool:
     encoding = request.headers.get("content-encoding")
-    if encoding and encoding.strip().lower() != "identity":
-        return await asyncio.to_thread(decompress, body, encoding, limit)
+    return bool(encoding) and encoding.strip().lower() != "identity"
+
+
+async def inflated(request: Request, body: bytes, limit: int) -> bytes:
+    if compressed(request):
+        return await asyncio.to_thread(decompress, body, request.headers.get("content-encoding"), limit)
     return body
 
 
@@ -139,13 +148,23 @@ async def model_stats(request: Request) -> Response:
 async def infer(request: Request) -> Response:
     state, m = _state(request), _model(request)
     try:
-        body = await read_body(request, state.max_request_bytes)
-        args = (body, request.headers.get(HEADER_LENGTH), state.max_request_bytes, INPUT)
-        # Large bodies (JSON tensors) are parsed in a thread: the loop keeps answering and timing deadlines.
-        parsed = (await asyncio.to_thread(parse_http_request, *args) if len(body) > OFFLOAD_BYTES
-                  else parse_http_request(*args))
-        del body, args
-    except ProtocolError as exc:
+        body = await read_body(request, state.max_request_bytes, inflate=False)
+        # Inflating and parsing a large or compressed body claims several times its size: it holds a queue
+        # place meanwhile, so at most max-queue-size are parsed at once and the rest get 503 unparsed.
+        place = m.scheduler if len(body) > OFFLOAD_BYTES or compressed(request) else None
+        if place is not None:
+            place.admit()
+        try:
+            body = await inflated(request, body, state.max_request_bytes)
+            args = (body, request.headers.get(HEADER_LENGTH), state.max_request_bytes, INPUT)
+            # Large bodies (JSON tensors) are parsed in a thread: the loop keeps answering and timing deadlines.
+            parsed = (await asyncio.to_thread(parse_http_request, *args) if len(body) > OFFLOAD_BYTES
+                      else parse_http_request(*args))
+            del body, args
+        finally:
+            if place is not None:
+                place.release()
+    except ServeError as exc:
         m.failed(exc)
         raise
     except ClientDisconnect:

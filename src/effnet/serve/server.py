@@ -15,8 +15,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import Executor
 from dataclasses import dataclass, field
 
-import orjson
-
 from ..classifier import Classifier
 from .http import create_app
 from .model import ServedModel
@@ -38,6 +36,9 @@ class ServeOptions:
     cors_origins: list[str] = field(default_factory=list)
     drain_timeout: float = 30.0
     decode_workers: int = 2
+    header_timeout: float = 10.0          # a request's head must arrive within this; a body may not stall longer
+    keep_alive_timeout: float = 5.0       # idle keep-alive connections close after this
+    max_connections: int | None = None    # None: as many as the file limit (RLIMIT_NOFILE) leaves room for
 
 
 class Server:
@@ -68,6 +69,7 @@ class Server:
         self._http_task: asyncio.Task | None = None
         self._grpc = None
         self._signals = False
+        self._restore_errors: Callable[[], None] | None = None  # the loop's own exception handler, put back
         self.wakeup: socket.socket | None = None  # signal.set_wakeup_fd's other end (set by `serve`)
 
     async def run(self, install_signals: bool = True) -> int:
@@ -95,9 +97,13 @@ class Server:
         self.http_port = sock.getsockname()[1]
         import uvicorn
 
+        from .connections import HEAD_LIMIT, Limits, http_protocol, quiet_accept_errors
+
+        limits = Limits.for_process(opts.max_request_bytes, opts.header_timeout, opts.max_connections)
         config = uvicorn.Config(self.app, log_level="warning", access_log=False, lifespan="off",
                                 timeout_graceful_shutdown=max(1.0, opts.drain_timeout), server_header=False,
-                                h11_max_incomplete_event_size=64 * 1024, http=_json_error_protocol())
+                                h11_max_incomplete_event_size=HEAD_LIMIT, http=http_protocol(limits, self.log),
+                                timeout_keep_alive=opts.keep_alive_timeout, backlog=limits.accept_batch)
         self._http = _QuietServer(config)
         if opts.grpc_port is not None:
             from .grpc_service import create_server
@@ -110,6 +116,10 @@ class Server:
         if self._http_task.done():
             await self._http_task
             return False
+        # asyncio listened with its accept batch (limits.accept_batch) as the kernel's queue: make the queue
+        # uvicorn's usual 2048 again, so bursts of clients wait in it instead of retrying their SYNs.
+        sock.listen(2048)
+        self._restore_errors = quiet_accept_errors(self._loop, self.log)
         if install_signals:
             for sig in (signal.SIGTERM, signal.SIGINT):
                 self._loop.add_signal_handler(sig, self.stop)
@@ -161,6 +171,8 @@ class Server:
                     self._loop.remove_signal_handler(sig)
             if self.wakeup is not None:
                 self._loop.remove_reader(self.wakeup.fileno())
+        if self._restore_errors is not None:
+            self._restore_errors()
 
     def _on_wakeup(self) -> None:
         try:
@@ -207,25 +219,6 @@ def _quiet_server_class():
             yield
 
     return QuietServer
-
-
-def _json_error_protocol():
-    """uvicorn's h11 protocol, answering requests it cannot parse (bad Content-Length, oversized headers)
-    with JSON {"error"} like every other non-200, instead of text/plain."""
-    import h11
-    from uvicorn.protocols.http.h11_impl import H11Protocol
-
-    class JsonErrorH11Protocol(H11Protocol):
-        def send_400_response(self, msg: str) -> None:
-            body = orjson.dumps({"error": f"bad HTTP request: {msg}"})
-            headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                       (b"connection", b"close")]
-            self.transport.write(self.conn.send(h11.Response(status_code=400, headers=headers, reason=b"Bad Request")))
-            self.transport.write(self.conn.send(h11.Data(data=body)))
-            self.transport.write(self.conn.send(h11.EndOfMessage()))
-            self.transport.close()
-
-    return JsonErrorH11Protocol
 
 
 def _QuietServer(config):  # noqa: N802 - a class factory, so that importing this module needs no uvicorn
