@@ -45,9 +45,13 @@ class Network(nn.Module):
         self.register_buffer("table", table, persistent=False)
         self.register_buffer("offsets", torch.tensor([0, 256, 512], dtype=torch.int32), persistent=False)
 
+    def normalize(self, crops: torch.Tensor) -> torch.Tensor:
+        """(N, S, S, 3) uint8 -> (N, 3, S, S) float32, the checker's values, its memory channels-last."""
+        x = self.table[crops.to(torch.int32) + self.offsets]
+        return x.permute(0, 3, 1, 2)  # NCHW whose memory is channels-last: no copy
+
     def forward(self, crops: torch.Tensor) -> torch.Tensor:
-        x = self.table[crops.to(torch.int32) + self.offsets]  # (N, S, S, 3) float32, the checker's values
-        x = x.permute(0, 3, 1, 2)  # NCHW whose memory is channels-last: no copy
+        x = self.normalize(crops)
         if self.autocast:
             with torch.autocast(x.device.type, dtype=self.dtype):
                 return self.model(x)
@@ -80,17 +84,27 @@ class TorchBackend:
         self.classes = self.model.classifier.out_features
         self.input_size = preprocess.input_size
         self.batch_sizes = tuple(sorted(set(batch_sizes))) if compile else ()
-        self.compiled = False
-        self._run = self.network
+        self._compiled = None
         if compile:
-            from .torch_compile import compile_network
+            from .torch_compile import CompiledNetwork
 
-            self._run, self.compiled = compile_network(self.network, self._device, self.batch_sizes,
-                                                       self.input_size, compile_cache, self._context)
+            self._compiled = CompiledNetwork(self.network, self._device, self.input_size, compile_cache, self._context)
 
     @property
     def torch_module(self) -> nn.Module:
         return self.model
+
+    @property
+    def compiled(self) -> bool:
+        """Whether batches run torch.compile'd code (False where compiling failed here)."""
+        return self._compiled is not None and not self._compiled.broken
+
+    def warm_up(self) -> None:
+        """Compile (and record the CUDA graph of) every batch size now, not on its first batch: a server does
+        this before it says it is ready."""
+        if self._compiled is not None:
+            for size in self.batch_sizes:
+                self._compiled.ready(size)
 
     def settings(self) -> dict:
         out: dict[str, Any] = {"device": self.device, "compiled": self.compiled}
@@ -168,10 +182,9 @@ class TorchBackend:
         return torch.cat(parts)
 
     def _checked(self, x: torch.Tensor) -> torch.Tensor:
+        run = self._compiled if self._compiled is not None and self._compiled.ready(len(x)) else self.network
         try:
-            if self.compiled and self._cuda:
-                torch.compiler.cudagraph_mark_step_begin()  # the previous replay's outputs are consumed
-            return self._run(x).float().softmax(-1)
+            return run(x).float().softmax(-1)
         except torch.OutOfMemoryError:
             if len(x) == 1:
                 free, total = torch.cuda.mem_get_info(self._device)

@@ -3,10 +3,10 @@
 - Inductor with freezing: weights become constants, so BatchNorm folds into the convolutions;
 - on a GPU, CUDA graphs (`triton.cudagraphs`, what mode="reduce-overhead" sets): one launch per batch
   instead of hundreds of kernel launches; a graph replays one shape, hence a few fixed batch sizes
-  (`dynamic=False`), each compiled and recorded up front so no request pays for it;
+  (`dynamic=False`), each compiled and recorded the first time it is used (`warm` does it up front);
 - the compiled products (Inductor's FX graph, AOTAutograd and Triton caches, as `torch.compiler`'s cache
   artifacts) kept in effnet's cache under a key of model, weights, precision, sizes, GPU and torch version,
-  so that a second process skips code generation and autotuning;
+  so that a later process skips code generation and autotuning;
 - a machine where compiling fails (no C++ compiler, no Triton, an unsupported GPU) runs eager, with a notice.
 """
 from __future__ import annotations
@@ -14,11 +14,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
-
-import re
 from typing import TYPE_CHECKING
 
 import torch
@@ -45,36 +44,51 @@ def cache_key(resolved: ResolvedModel, engine: EngineChoice, batch_sizes: tuple[
             f"b{'_'.join(map(str, batch_sizes))}-torch{torch.__version__}-v{__version__}-r{REVISION}.bin")
 
 
-def compile_network(network: nn.Module, device: torch.device, batch_sizes: tuple[int, ...], input_size: int,
-                    cache_file: Path | None, context: Callable[[], contextlib.AbstractContextManager]
-                    ) -> tuple[Callable[[torch.Tensor], torch.Tensor], bool]:
-    """(callable, compiled?): `network` compiled for each of `batch_sizes` and run once per size (CUDA graphs
-    recorded), or `network` itself where compilation fails here."""
-    cuda = device.type == "cuda"
-    loaded = load_artifacts(cache_file)
-    sizes = ", ".join(map(str, batch_sizes))
-    log.info("compiling the network for %s at batch size%s %s (%s)", device, "s" if len(batch_sizes) > 1 else "",
-             sizes, "reusing compiled code from the cache" if loaded else
-             "B7: about a minute per size the first time; later runs reuse it")
-    options = {"freezing": True, "triton.cudagraphs": cuda}
-    compiled = torch.compile(network, dynamic=False, options=options)
-    try:
-        with torch.inference_mode(), context():
-            for size in batch_sizes:
-                x = torch.zeros((size, input_size, input_size, 3), dtype=torch.uint8, device=device)
-                for _ in range(3 if cuda else 1):  # CUDA graph trees warm up, then record, then replay
-                    if cuda:
-                        torch.compiler.cudagraph_mark_step_begin()
-                    compiled(x)
-            if cuda:
-                torch.cuda.synchronize(device)
-    except Exception as exc:  # noqa: BLE001 - any compiler failure: the eager network computes the same
-        log.warning("torch.compile does not work here (%s); running the network eager (slower)", _one_line(exc))
-        torch._dynamo.reset()
-        return network, False
-    if cache_file is not None and not loaded:
-        save_artifacts(cache_file)
-    return compiled, True
+class CompiledNetwork:
+    """`network` under torch.compile at fixed batch shapes: each shape is compiled, and on a GPU its CUDA graph
+    recorded, the first time `ready(size)` is asked for it. Where compiling fails, `ready` says False from then
+    on and the caller runs the eager network, which computes the same."""
+
+    def __init__(self, network: nn.Module, device: torch.device, input_size: int, cache_file: Path | None,
+                 context: Callable[[], contextlib.AbstractContextManager]) -> None:
+        self.device = device
+        self.input_size = input_size
+        self.cache_file = cache_file
+        self.context = context
+        self.cuda = device.type == "cuda"
+        self.cached = load_artifacts(cache_file)  # before the first compile, so that it finds them
+        self.ready_sizes: set[int] = set()
+        self.broken = False
+        self.fn = torch.compile(network, dynamic=False, options={"freezing": True, "triton.cudagraphs": self.cuda})
+
+    def ready(self, size: int) -> bool:
+        """Whether batches of `size` run compiled, compiling (and recording) that size now if it is new."""
+        if self.broken or size in self.ready_sizes:
+            return not self.broken
+        log.info("compiling the network for %s at batch size %d (%s)", self.device, size,
+                 "reusing compiled code from the cache" if self.cached else
+                 "B7: about a minute the first time; later runs reuse it")
+        try:
+            x = torch.zeros((size, self.input_size, self.input_size, 3), dtype=torch.uint8, device=self.device)
+            with torch.inference_mode(), self.context():
+                for _ in range(3 if self.cuda else 1):  # CUDA graph trees warm up, then record, then replay
+                    self(x)
+            if self.cuda:
+                torch.cuda.synchronize(self.device)
+        except Exception as exc:  # noqa: BLE001 - any compiler failure: the eager network computes the same
+            log.warning("torch.compile does not work here (%s); running the network eager (slower)", _one_line(exc))
+            self.broken = True
+            torch._dynamo.reset()
+            return False
+        self.ready_sizes.add(size)
+        if self.cache_file is not None:
+            save_artifacts(self.cache_file)
+        return True
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.cuda:
+            torch.compiler.cudagraph_mark_step_begin()  # the previous replay's outputs are consumed
+        return self.fn(x)
 
 
 def load_artifacts(cache_file: Path | None) -> bool:
