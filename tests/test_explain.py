@@ -202,3 +202,82 @@ def test_cli_explain_writes_overlays_of_the_photos_size(lite0_weights, photo_fil
     file_as_output.write_text("x")
     assert main([*args[:-1], str(file_as_output), str(photo_files["camera"])]) == 1
     assert "is a file" in capsys.readouterr().err
+
+
+# ---- bounded cost: large photos, stopping, targets that are not indices --------------------------
+
+def test_a_large_photo_is_drawn_scaled_down_and_costs_memory_of_the_overlay_not_the_photo(model, config,
+                                                                                         photo_arrays):
+    """A 15 MP photo: heatmap and overlay on a grid of at most OVERLAY_MAX_PIXELS (aspect kept), and the
+    arrays the explanation allocates past decoding stay a small multiple of that grid (the full-size float
+    maps of a 15 MP photo took about 1 GB)."""
+    import tracemalloc
+
+    from effnet.explain import OVERLAY_MAX_PIXELS
+
+    small = Image.fromarray(photo_arrays["coffee"])  # 600x400
+    large = small.resize((4800, 3200), Image.Resampling.BICUBIC)
+    explain(model, config, small, ESPRESSO)  # anything built on first use is built outside the measurement
+    tracemalloc.start()
+    try:
+        result = explain(model, config, large, ESPRESSO)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    height, width = result.heatmap.shape
+    assert result.overlay.size == (width, height) and width * height <= OVERLAY_MAX_PIXELS
+    assert width * height > 0.99 * OVERLAY_MAX_PIXELS and abs(width / height - 1.5) < 0.01
+    assert peak < 10 * 4 * OVERLAY_MAX_PIXELS, f"{peak / 2**20:.0f} MiB allocated for a {large.size} photo"
+    # The same evidence in the same place as on the photo at its own size.
+    reference = explain(model, config, small, ESPRESSO).heatmap
+    shrunk = np.asarray(Image.fromarray(result.heatmap).resize(small.size, Image.Resampling.BILINEAR))
+    assert np.corrcoef(reference.ravel(), shrunk.ravel())[0, 1] > 0.95
+
+
+def test_check_stop_ends_an_explanation_between_its_steps(lite0_weights, photo_files):
+    """Called after decoding, after the forward pass, before each class map and each overlay: what it
+    raises ends the explanation there, and nothing is computed after it."""
+    explainer = effnet.Classifier("efficientnet_lite0", lite0_weights, backend="torch").explainer
+    calls: list[int] = []
+    top = explainer.explain_top(photo_files["coffee"], 3, check_stop=lambda: calls.append(1))
+    assert len(top) == 3 and len(calls) >= 1 + 2 * 3
+
+    class Stop(Exception):
+        pass
+
+    def stop_at_third() -> None:
+        calls.append(1)
+        if len(calls) == 3:
+            raise Stop
+    calls.clear()
+    with pytest.raises(Stop):
+        explainer.explain_top(photo_files["coffee"], 3, check_stop=stop_at_third)
+    assert len(calls) == 3  # not called again: the explanation ended where it raised
+
+
+def test_only_ascii_digits_are_an_index_and_huge_ones_are_refused_by_their_length():
+    labels = imagenet_labels()
+    assert resolve_target("0967", labels) == ESPRESSO and resolve_target("0" * 5000 + "7", labels) == 7
+    for bad, words in (("²", "unknown label '²'"), ("٣", "unknown label '٣'"), ("¹²", "unknown label"),
+                       ("9" * 5000, r"class index 999999\.\.\.999 \(5000 digits\) is out of range: give 0\.\.999"),
+                       ("1" + "0" * 4000, "out of range"), ("1000", "class index 1000 is out of range")):
+        with pytest.raises(EffnetError, match=words) as info:
+            resolve_target(bad, labels)
+        assert len(str(info.value)) < 120
+
+
+def test_cli_explain_draws_a_large_photo_scaled_down_and_refuses_a_non_ascii_class(lite0_weights, photo_arrays,
+                                                                                    tmp_path, capsys):
+    from effnet.cli import main
+    from effnet.explain import OVERLAY_MAX_PIXELS
+
+    photo = tmp_path / "large.jpg"
+    Image.fromarray(photo_arrays["coffee"]).resize((3000, 2000), Image.Resampling.BICUBIC).save(photo, quality=90)
+    args = ["explain", "--model", "efficientnet_lite0", "--weights", str(lite0_weights),
+            "--output", str(tmp_path / "maps"), "--json"]
+    assert main([*args, str(photo)]) == 0
+    (record,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    with Image.open(record["file"]) as png:
+        assert png.size[0] * png.size[1] <= OVERLAY_MAX_PIXELS and abs(png.size[0] / png.size[1] - 1.5) < 0.01
+    assert main([*args, "--class", "²", str(photo)]) == 1
+    assert "unknown label '²'" in capsys.readouterr().err

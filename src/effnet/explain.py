@@ -1,14 +1,16 @@
 """Grad-CAM (Selvaraju et al. 2017) on the torch model: which part of the photo drove a class's logit.
 
 The map is taken on the last feature map (``act2``, the head activation before global pooling), with the
-class logit (pre-softmax) as the score, then mapped back from the centre crop the network saw into the
-photo's own pixel grid, zero outside the crop. The backbone runs without autograd: the gradient of the
-logit with respect to that feature map only depends on the head, so only the head is differentiated.
+class logit (pre-softmax) as the score, then mapped back from the centre crop the network saw onto the
+photo as drawn: its own pixel grid, scaled down to at most OVERLAY_MAX_PIXELS, zero outside the crop. The
+backbone runs without autograd: the gradient of the logit with respect to that feature map only depends on
+the head, so only the head is differentiated. Past decoding, the cost is bounded whatever the photo's size:
+the network sees its fixed crop, and the heatmap and overlay live on the bounded drawing grid.
 """
 from __future__ import annotations
 
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -32,11 +34,17 @@ if TYPE_CHECKING:
 
 # How strongly the colour map covers the photo inside the crop (outside, the photo is left as it is).
 OVERLAY_ALPHA = 0.5
+# The most pixels an overlay (and its heatmap) has: larger photos are drawn scaled down to this, so that a
+# 49 MP photo costs a few tens of MB past its decoding instead of gigabytes of full-size float maps.
+OVERLAY_MAX_PIXELS = 2_000_000
+
+StopCheck = Callable[[], None]  # called between an explanation's steps; what it raises ends the explanation
 
 
 @dataclass(frozen=True)
 class Explanation:
-    """One class's Grad-CAM: heatmap in [0, 1] on the photo's (H, W) grid and the photo with it blended in."""
+    """One class's Grad-CAM: heatmap in [0, 1] on the overlay's (h, w) grid and the photo with it blended in.
+    That grid is the photo's own up to OVERLAY_MAX_PIXELS; a larger photo is drawn scaled down to it."""
 
     index: int
     label: str
@@ -59,20 +67,26 @@ class Explainer:
         self._model: nn.Module | None = None
         self._lock = threading.Lock()
 
-    def explain(self, image: ImageSource, target: int | str | None = None) -> Explanation:
-        """Grad-CAM of `target` (a class index or label; None: the top-1)."""
-        return self._explain(image, 1 if target is None else [resolve_target(target, self.labels)])[0]
+    def explain(self, image: ImageSource, target: int | str | None = None, *,
+                check_stop: StopCheck | None = None) -> Explanation:
+        """Grad-CAM of `target` (a class index or label; None: the top-1). `check_stop` is called after
+        decoding, after the forward pass, before each class map and before each overlay: raise from it to
+        end the explanation there (a deadline, a caller who left)."""
+        targets = 1 if target is None else [resolve_target(target, self.labels)]
+        return self._explain(image, targets, check_stop)[0]
 
-    def explain_top(self, image: ImageSource, k: int = 5) -> list[Explanation]:
+    def explain_top(self, image: ImageSource, k: int = 5, *, check_stop: StopCheck | None = None
+                    ) -> list[Explanation]:
         """Explanations of the `k` most likely classes, most likely first (one forward pass for all)."""
-        return self._explain(image, max(1, k))
+        return self._explain(image, max(1, k), check_stop)
 
-    def _explain(self, image: ImageSource, targets: int | list[int]) -> list[Explanation]:
+    def _explain(self, image: ImageSource, targets: int | list[int], check_stop: StopCheck | None
+                 ) -> list[Explanation]:
         with self._lock:  # one model built, even when two threads ask at once
             if self._model is None:
                 self._model = self.backend.torch_module or self.resolved.create_model()
         return explain_classes(self._model, self.resolved.preprocess, self.decoder.photo(image), targets,
-                               self.labels)
+                               self.labels, check_stop=check_stop)
 
 
 def resolve_target(target: int | str | None, labels: Sequence[str] | None = None) -> int | None:
@@ -80,8 +94,14 @@ def resolve_target(target: int | str | None, labels: Sequence[str] | None = None
     labels = imagenet_labels() if labels is None else labels
     if target is None:
         return None
-    if isinstance(target, str) and target.strip().isdigit():
-        target = int(target.strip())
+    if isinstance(target, str) and (digits := target.strip()).isascii() and digits.isdigit():
+        # Only ASCII digits are an index ('²' and Arabic-Indic '٣' are not); a number longer than the largest
+        # index is refused by its length, before int() would spend time (or raise) on thousands of digits.
+        digits = digits.lstrip("0") or "0"
+        if len(digits) > len(str(len(labels) - 1)):
+            shown = digits if len(digits) <= 12 else f"{digits[:6]}...{digits[-3:]} ({len(digits)} digits)"
+            raise EffnetError(f"class index {shown} is out of range: give 0..{len(labels) - 1} or a label")
+        target = int(digits)
     if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
         if not 0 <= target < len(labels):
             raise EffnetError(f"class index {target} is out of range: give 0..{len(labels) - 1} or a label")
@@ -149,11 +169,14 @@ def explain(model: EfficientNet, config: PreprocessConfig, image: Image.Image, t
 
 
 def explain_classes(model: EfficientNet, config: PreprocessConfig, image: Image.Image,
-                    targets: Sequence[int] | int, labels: Sequence[str] | None = None) -> list[Explanation]:
+                    targets: Sequence[int] | int, labels: Sequence[str] | None = None, *,
+                    check_stop: StopCheck | None = None) -> list[Explanation]:
     """One Explanation per class index in `targets`, or for the top `targets` classes when it is an int;
-    the network's body runs once for all of them."""
+    the network's body runs once for all of them. `check_stop`: see Explainer.explain."""
     labels = imagenet_labels() if labels is None else labels
+    check = check_stop or _carry_on
     image = image if image.mode == "RGB" else image.convert("RGB")
+    check()
     crop = normalize(center_crop(image, config), config)[np.newaxis]
     param = next(model.parameters())
     with torch.inference_mode(False):
@@ -163,33 +186,55 @@ def explain_classes(model: EfficientNet, config: PreprocessConfig, image: Image.
     probabilities = shifted / shifted.sum()
     if isinstance(targets, int):
         targets = ranked(logits, targets).tolist()
+    drawn: Image.Image | None = None  # the photo on the overlay's grid, scaled once for every class
     out = []
     for index in targets:
-        heatmap, inside = to_photo(class_map(model, features, index), image.width, image.height, config)
+        check()
+        cam = class_map(model, features, index)
+        check()
+        if drawn is None:
+            size = overlay_size(image.width, image.height)
+            drawn = image if size == image.size else image.resize(size, Image.Resampling.BICUBIC, reducing_gap=2.0)
+        heatmap, inside = to_photo(cam, image.size, drawn.size, config)
         peak = float(heatmap.max())
         heatmap = heatmap / peak if peak > 0 else np.zeros_like(heatmap)
         out.append(Explanation(index=index, label=labels[index], probability=float(probabilities[index]),
-                               heatmap=heatmap, overlay=overlay(image, heatmap, inside)))
+                               heatmap=heatmap, overlay=overlay(drawn, heatmap, inside)))
     return out
 
 
-def to_photo(cam: np.ndarray, width: int, height: int, config: PreprocessConfig) -> tuple[np.ndarray, np.ndarray]:
-    """Map a feature-resolution map back to the photo: float32 (H, W), zero outside the crop, and that mask.
+def _carry_on() -> None:
+    pass
 
-    Each photo pixel centre goes photo -> resized image -> crop (the checker's offsets) -> feature grid
+
+def overlay_size(width: int, height: int, max_pixels: int = OVERLAY_MAX_PIXELS) -> tuple[int, int]:
+    """The (width, height) a photo is drawn at: its own up to `max_pixels`, else scaled down to fit, aspect kept."""
+    if width * height <= max_pixels:
+        return width, height
+    scale = (max_pixels / (width * height)) ** 0.5
+    return max(1, int(width * scale)), max(1, int(height * scale))
+
+
+def to_photo(cam: np.ndarray, photo_size: tuple[int, int], grid_size: tuple[int, int], config: PreprocessConfig
+             ) -> tuple[np.ndarray, np.ndarray]:
+    """Map a feature-resolution map onto a (width, height) `grid_size` grid spanning the photo of `photo_size`
+    (the photo's own, or the scaled-down one it is drawn on): float32 (h, w), zero outside the crop, and
+    that mask.
+
+    Each grid pixel centre goes photo -> resized image -> crop (the checker's offsets) -> feature grid
     and is read there bilinearly, which is the crop-size bilinear upsample sampled at that point. Being
-    separable, it is two small matrix products, cheap even for large photos.
+    separable, it is two small matrix products: the cost is the grid's, never the crop's or the photo's.
     """
-    resized_w, resized_h, top, left = crop_geometry(width, height, config)
+    resized_w, resized_h, top, left = crop_geometry(*photo_size, config)
     size = config.input_size
-    rows, row_in = _axis_weights(height, resized_h, top, size, cam.shape[0])
-    cols, col_in = _axis_weights(width, resized_w, left, size, cam.shape[1])
-    heatmap = (rows @ cam.astype(np.float64) @ cols.T).astype(np.float32)
-    return np.clip(heatmap, 0.0, None), row_in[:, None] & col_in[None, :]
+    rows, row_in = _axis_weights(grid_size[1], resized_h, top, size, cam.shape[0])
+    cols, col_in = _axis_weights(grid_size[0], resized_w, left, size, cam.shape[1])
+    heatmap = rows @ (cam.astype(np.float64) @ cols.T).astype(np.float32)  # float32 at the grid's size
+    return np.maximum(heatmap, 0.0, out=heatmap), row_in[:, None] & col_in[None, :]
 
 
 def _axis_weights(length: int, resized: int, offset: int, crop: int, cells: int) -> tuple[np.ndarray, np.ndarray]:
-    # Pixel-centre convention (as Pillow's resize and align_corners=False): photo pixel i covers
+    # Pixel-centre convention (as Pillow's resize and align_corners=False): grid pixel i of `length` covers
     # resized coordinate (i + 0.5) * resized / length; in the crop that is minus the offset.
     at = (np.arange(length) + 0.5) * (resized / length) - offset
     inside = (at >= 0) & (at < crop)
@@ -197,7 +242,7 @@ def _axis_weights(length: int, resized: int, offset: int, crop: int, cells: int)
     low = np.floor(cell).astype(np.int64)
     high = np.minimum(low + 1, cells - 1)
     frac = cell - low
-    weights = np.zeros((length, cells))
+    weights = np.zeros((length, cells), np.float32)
     np.add.at(weights, (np.arange(length), low), 1 - frac)
     np.add.at(weights, (np.arange(length), high), frac)
     weights[~inside] = 0
@@ -211,9 +256,21 @@ def colormap(values: np.ndarray) -> np.ndarray:
     return (np.clip(1.5 - np.abs(4 * x - 4 * centres), 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
+_COLOURS = colormap(np.linspace(0.0, 1.0, 256))  # the colour map as a 256-entry table: 3 bytes a pixel to look up
+
+
 def overlay(image: Image.Image, heatmap: np.ndarray, inside: np.ndarray | None = None) -> Image.Image:
-    """The photo with the heatmap's colours blended in; left untouched outside the crop (`inside` False)."""
-    photo = np.asarray(image.convert("RGB"), dtype=np.float32)
-    alpha = np.full(heatmap.shape, OVERLAY_ALPHA, np.float32) if inside is None else inside * OVERLAY_ALPHA
-    blended = photo * (1 - alpha[..., None]) + colormap(heatmap) * alpha[..., None]
-    return Image.fromarray(np.clip(blended + 0.5, 0, 255).astype(np.uint8), "RGB")
+    """The photo (on the heatmap's grid) with the heatmap's colours blended in; left untouched outside the
+    crop (`inside` False). Works in 8-bit images: a few bytes a pixel, no float copies of the photo."""
+    photo = image if image.mode == "RGB" else image.convert("RGB")
+    if photo.size != heatmap.shape[::-1]:
+        raise ValueError(f"overlay: photo {photo.size[0]}x{photo.size[1]} is not on the heatmap's grid "
+                         f"{heatmap.shape[1]}x{heatmap.shape[0]}")
+    levels = np.clip(heatmap, 0.0, 1.0)
+    levels *= 255
+    levels += 0.5
+    colours = Image.fromarray(_COLOURS[levels.astype(np.uint8)], "RGB")
+    blended = Image.blend(photo, colours, OVERLAY_ALPHA)
+    if inside is None:
+        return blended
+    return Image.composite(blended, photo, Image.fromarray(inside.view(np.uint8) * np.uint8(255), "L"))

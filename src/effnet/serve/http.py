@@ -191,16 +191,30 @@ async def infer(request: Request) -> Response:
 
 
 async def explain(request: Request) -> Response:
-    """Grad-CAM of one image (the body, as posted by the page); query `target`: class index or label."""
+    """Grad-CAM of one image (the body, as posted by the page); query `target`: class index or label,
+    `timeout`: microseconds. A client that leaves ends its explanation (499, which nobody reads)."""
     state, m = _state(request), _model(request)
     body = await read_body(request, state.max_request_bytes)
     if not body:
         raise ProtocolError(f"input {INPUT!r}: empty body; post the image file as it is")
-    target = request.query_params.get("target")
     timeout = request.query_params.get("timeout")
-    if timeout is not None and not timeout.isdigit():
-        raise ProtocolError("query parameter 'timeout' must be an integer (microseconds)")
-    result = await m.explain(body, target, m.deadline(int(timeout) if timeout else None))
+    # ASCII digits only ('²'.isdigit() is true too), and few enough that the deadline is a number, not a hang.
+    if timeout is not None and not (timeout.isascii() and timeout.isdigit() and len(timeout) <= 18):
+        raise ProtocolError("query parameter 'timeout' must be an integer of microseconds (at most 18 digits)")
+    target = request.query_params.get("target")
+    m.explain_target(target)  # a bad target is a 400 before anything is admitted
+    gone = [False]
+    watcher = asyncio.create_task(until_disconnect(request, gone))
+    work = asyncio.create_task(m.explain(body, target, m.deadline(int(timeout) if timeout else None)))
+    try:
+        await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if not work.done():  # the client left: the explanation stops at its next step
+            work.cancel()
+            await asyncio.gather(work, return_exceptions=True)
+            return Response(status_code=499)
+        result = work.result()
+    finally:
+        watcher.cancel()
     return ok(result)
 
 

@@ -3,13 +3,15 @@ Triton config, statistics), and the one inference path HTTP and gRPC share (deco
 -> outputs).
 
 Every infer request that names this model ends in exactly one success or one failure (with Triton's
-reason), so /metrics and the statistics count what clients saw.
+reason), so /metrics and the statistics count what clients saw. Explanations (Grad-CAM, the page's switch)
+are bounded apart from inference: a few at a time per model, no place in the inference queue.
 """
 from __future__ import annotations
 
 import asyncio
 import base64
 import io
+import threading
 import time
 from collections.abc import Callable, Sequence
 from concurrent.futures import Executor, ThreadPoolExecutor
@@ -22,21 +24,29 @@ from ..contract import INPUT_NAME as INPUT
 from ..contract import OUTPUT_NAME as OUTPUT
 from ..decode import Decoder
 from ..errors import EffnetError
-from ..explain import Explainer
+from ..explain import Explainer, resolve_target
 from ..resolved import ResolvedModel
 from .codec import InferRequest, OutputTensor, build_outputs
-from .errors import DeadlineExceeded, ProtocolError, failure_reason
+from .errors import DeadlineExceeded, Draining, Overloaded, ProtocolError, failure_reason
 from .scheduler import Scheduler
 
 VERSION = "1"
+# Explanations one model computes at once; more are answered 503. Each holds its photo and a few overlay-sized
+# maps, and competes with inference for the same cores, so the bound is small.
+MAX_EXPLANATIONS = 2
+
+
+class _Abandoned(Exception):
+    """Raised inside an explanation whose request has already ended (answered 504, or its client left)."""
 
 
 class ServedModel:
     def __init__(self, resolved: ResolvedModel, decoder: Decoder, backend: Backend, labels: Sequence[str], *,
                  max_batch_size: int = 8, max_queue_delay_ms: float = 2.0, max_queue_size: int = 64,
                  request_timeout_ms: float | None = None, decode_workers: int = 2,
-                 executor: Executor | None = None) -> None:
-        """`executor`: where the backend's calls run (see Scheduler)."""
+                 executor: Executor | None = None, max_explanations: int = MAX_EXPLANATIONS) -> None:
+        """`executor`: where the backend's calls run (see Scheduler). `max_explanations`: explanations
+        computed at once (their own bound, apart from the inference queue)."""
         self.resolved = resolved
         self.decoder = decoder
         self.backend = backend
@@ -48,7 +58,10 @@ class ServedModel:
         self.scheduler = Scheduler(backend, max_batch_size=self.max_batch_size, max_queue_delay_ms=max_queue_delay_ms,
                                    max_queue_size=max_queue_size, executor=executor)
         self.decode_threads = ThreadPoolExecutor(max(1, decode_workers), thread_name_prefix=f"effnet-decode-{self.name}")
-        self.explain_thread = ThreadPoolExecutor(1, thread_name_prefix=f"effnet-explain-{self.name}")
+        self.max_explanations = max(1, max_explanations)
+        self.explaining = 0  # explanations admitted whose thread has not finished (the event loop's count)
+        self.explain_threads = ThreadPoolExecutor(self.max_explanations,
+                                                  thread_name_prefix=f"effnet-explain-{self.name}")
         self.explainer = Explainer(resolved, decoder, backend, labels)
         cfg = resolved.preprocess
         self._mean = np.asarray(cfg.mean, np.float64).reshape(1, 3, 1, 1)
@@ -57,7 +70,7 @@ class ServedModel:
     async def close(self) -> None:
         await self.scheduler.close()
         self.decode_threads.shutdown(wait=False, cancel_futures=True)
-        self.explain_thread.shutdown(wait=False, cancel_futures=True)
+        self.explain_threads.shutdown(wait=False, cancel_futures=True)
 
     # ---- the protocol's descriptions ----
     def metadata(self) -> dict[str, Any]:
@@ -210,32 +223,61 @@ class ServedModel:
 
     # ---- explanation (the page's switch) ----
     async def explain(self, image: bytes, target: str | None, deadline: float | None) -> dict[str, Any]:
-        """Grad-CAM overlay of `target` (index or label; None: the top-1) as a JPEG data URL, under the
-        same queue bound, deadline and errors as inference."""
-        tgt: int | str | None = None
-        if target:
-            tgt = int(target) if target.strip().isdigit() else target
-        self.scheduler.admit()
+        """Grad-CAM overlay of `target` (index or label; None: the top-1) as a JPEG data URL.
+
+        A bad target is refused before any work (ProtocolError). At most `max_explanations` run at once (more:
+        Overloaded) and none takes an inference queue place. The deadline answers 504 on time; once the
+        request has ended (504, or its client left and this coroutine was cancelled), the explanation stops
+        at its next step, and its place is free only when its thread is."""
+        index = self.explain_target(target)
+        if not self.scheduler.accepting:
+            raise Draining("the server is shutting down")
+        if self.explaining >= self.max_explanations:
+            raise Overloaded(f"{self.max_explanations} explanations are in progress on {self.name!r}, the most it "
+                             f"computes at once; retry shortly")
+        ended = threading.Event()
+
+        def check_stop() -> None:  # runs in the explanation's thread, between its steps
+            if ended.is_set():
+                raise _Abandoned
+            if deadline is not None and time.monotonic() >= deadline:
+                raise DeadlineExceeded("the request's deadline passed during its explanation")
+
         started = time.perf_counter()
+        loop = asyncio.get_running_loop()
+        job = loop.run_in_executor(self.explain_threads, self._explain, image, index, check_stop)
+        self.explaining += 1
+        job.add_done_callback(self._explained)  # the place is given back when the thread is done
         try:
-            loop = asyncio.get_running_loop()
-            job = loop.run_in_executor(self.explain_thread, self._explain, image, tgt)
             timeout = None if deadline is None else max(0.0, deadline - time.monotonic())
             try:
-                result = await asyncio.wait_for(job, timeout)
+                result = await asyncio.wait_for(asyncio.shield(job), timeout)
             except asyncio.TimeoutError:
                 raise DeadlineExceeded("the request's deadline passed before its explanation") from None
         finally:
-            self.scheduler.release()
+            ended.set()  # answered, timed out or cancelled: nothing more is computed for this request
         result["time_ms"] = round((time.perf_counter() - started) * 1000, 1)
         return result
 
-    def _explain(self, image: bytes, target: int | str | None) -> dict[str, Any]:
+    def explain_target(self, target: str | None) -> int | None:
+        """The class index a query's `target` names (None or empty: the top-1); a bad one is a ProtocolError."""
         try:
-            e = self.explainer.explain(image, target)
-        except (EffnetError, ValueError, KeyError, IndexError) as exc:
+            return resolve_target(target or None, self.labels)
+        except EffnetError as exc:
+            raise ProtocolError(f"query parameter 'target': {exc}") from None
+
+    def _explained(self, job: asyncio.Future) -> None:
+        self.explaining -= 1
+        if not job.cancelled():
+            job.exception()  # retrieved: an abandoned explanation's end is no news
+
+    def _explain(self, image: bytes, index: int | None, check_stop: Callable[[], None]) -> dict[str, Any]:
+        try:
+            e = self.explainer.explain(image, index, check_stop=check_stop)
+        except EffnetError as exc:
             raise ProtocolError(f"input {INPUT!r}: {exc}") from None
-        overlay = e.overlay.convert("RGB")
+        check_stop()
+        overlay = e.overlay  # at most explain.OVERLAY_MAX_PIXELS; sent at most 1024 px a side
         overlay.thumbnail((1024, 1024))
         buf = io.BytesIO()
         overlay.save(buf, "JPEG", quality=88)
