@@ -5,6 +5,7 @@ Each must end in one line on stderr that says what to do, with the documented ex
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import pty
 import re
@@ -314,6 +315,33 @@ def test_export_onto_a_full_disk_leaves_no_partial_file(tmp_path, lite0, fmt):
     assert done.stderr.splitlines()[-1] == (f"effnet: error: cannot write to --output {out}: no space left on device; "
                                             "give a writable folder with room for the files")
     assert left == []  # neither a truncated file under its final name nor a temporary one
+
+
+# ---- 12. third-party progress bars keep off stdout ---------------------------------------------------------
+
+RESULT_LINE = re.compile(r"openvino int8: .*\.xml|  vs PyTorch fp32 on .*|  \(below the 99\.5 % top-1 target.*")
+
+
+@pytest.mark.parametrize("command", ["classify", "export"])
+def test_int8_prints_nothing_but_results_on_stdout(tmp_path, photo_files, lite0, command):
+    calibration = tmp_path / "calibration"
+    calibration.mkdir()
+    for path in photo_files.values():
+        shutil.copy(path, calibration / path.name)
+    int8 = ["--precision", "int8", "--calibration", calibration]
+    if command == "classify":
+        argv = ["classify", *lite0, *int8, "--json", "--top", "1", photo_files["coffee"]]
+    else:
+        argv = ["export", *lite0, *int8, "--format", "openvino", "--output", tmp_path / "out"]
+    done = run_effnet(*argv, home=tmp_path / "home")
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert lines and "quantizing with NNCF" in done.stderr
+    if command == "classify":
+        assert [json.loads(line)["top"][0]["label"] for line in lines] == ["espresso"]
+    else:
+        assert lines[0] == f"openvino int8: {tmp_path / 'out' / 'efficientnet_lite0-int8.xml'}"
+        assert all(RESULT_LINE.fullmatch(line) for line in lines), lines
 
 
 # ---- 13. checks before work ------------------------------------------------------------------------------
