@@ -40,21 +40,22 @@ def weights_dir() -> Path:
     return CacheLayout.default().weights
 
 
-def cached_file(entry: WeightsEntry) -> Path | None:
-    """A verified local copy of `entry` (cache first, then a package shipping it), or None; never downloads."""
+def cached_file(entry: WeightsEntry, *, remember: bool = True) -> Path | None:
+    """A verified local copy of `entry` (cache first, then a package shipping it), or None; never downloads.
+    `remember` False only looks: a digest computed now is not recorded (`effnet info` writes nothing)."""
     target = weights_dir() / entry.filename
-    if _is_verified(target, entry):
+    if _is_verified(target, entry, remember=remember):
         return target
-    return packaged_file(entry.packaged) if entry.packaged else None
+    return packaged_file(entry.packaged, remember=remember) if entry.packaged else None
 
 
-def packaged_file(packaged: PackagedWeights) -> Path | None:
+def packaged_file(packaged: PackagedWeights, *, remember: bool = True) -> Path | None:
     """The file inside an installed package, if the package is there and the file is the expected one."""
     spec = importlib.util.find_spec(packaged.package)
     if spec is None or not spec.submodule_search_locations:
         return None
     file = Path(next(iter(spec.submodule_search_locations))) / packaged.path
-    return file if file.is_file() and file_sha256(file) == packaged.sha256 else None
+    return file if file.is_file() and file_sha256(file, remember=remember) == packaged.sha256 else None
 
 
 def download(entry: WeightsEntry, *, progress: bool = True, timeout: float = 30.0) -> Path:
@@ -223,9 +224,18 @@ def _sidecar(path: Path) -> Path:
 
 def _record_verified(path: Path, digest: str) -> None:
     tmp = _sidecar(path).with_name(f"{_sidecar(path).name}.{os.getpid()}.tmp")
-    with contextlib.suppress(OSError):  # a read-only cache only costs a re-hash next time
-        tmp.write_text(json.dumps({"sha256": digest, **_identity(path)}))
-        os.replace(tmp, _sidecar(path))
+    _write_record(tmp, _sidecar(path), json.dumps({"sha256": digest, **_identity(path)}))
+
+
+def _write_record(tmp: Path, target: Path, text: str) -> None:
+    """`text` into `target` through `tmp` and a rename. A cache that cannot take it (read-only, a full disk)
+    only costs a re-hash next time, and no half-written `tmp` is left behind."""
+    try:
+        tmp.write_text(text)
+        os.replace(tmp, target)
+    except OSError:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
 
 
 def _sidecar_digest(path: Path) -> str | None:
@@ -237,7 +247,7 @@ def _sidecar_digest(path: Path) -> str | None:
     return None
 
 
-def _is_verified(path: Path, entry: WeightsEntry) -> bool:
+def _is_verified(path: Path, entry: WeightsEntry, *, remember: bool = True) -> bool:
     if not path.is_file():
         return False
     if (recorded := _sidecar_digest(path)) is not None:
@@ -245,13 +255,15 @@ def _is_verified(path: Path, entry: WeightsEntry) -> bool:
     digest = sha256_file(path)
     if not entry.matches(digest):
         return False
-    _record_verified(path, digest)
+    if remember:
+        _record_verified(path, digest)
     return True
 
 
-def file_sha256(path: str | os.PathLike[str]) -> str:
+def file_sha256(path: str | os.PathLike[str], *, remember: bool = True) -> str:
     """sha256 of any weights file, remembered in the cache by the file's identity (path, size, times,
-    inode): hashing B7's 266 MB costs about 0.3 s, a tenth of a warm start's time budget."""
+    inode): hashing B7's 266 MB costs about 0.3 s, a tenth of a warm start's time budget. `remember`
+    False reads the memo but does not add to it."""
     path = Path(path).resolve()
     st = path.stat()
     identity = f"{path}|{st.st_size}|{st.st_mtime_ns}|{st.st_ctime_ns}|{st.st_ino}"
@@ -262,11 +274,11 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
             return known[identity]
     # An official file verified on download carries its digest already: hash 266 MB once, not twice.
     digest = _sidecar_digest(path) or sha256_file(path)
+    if not remember:
+        return digest
     with contextlib.suppress(OSError, ValueError, TypeError):  # a read-only cache only costs a re-hash
         known = json.loads(memo.read_text()) if memo.exists() else {}
         known[identity] = digest
         memo.parent.mkdir(parents=True, exist_ok=True)
-        tmp = memo.with_name(f"{memo.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(known))
-        os.replace(tmp, memo)
+        _write_record(memo.with_name(f"{memo.name}.{os.getpid()}.tmp"), memo, json.dumps(known))
     return digest

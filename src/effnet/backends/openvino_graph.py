@@ -143,11 +143,11 @@ def engine_ir(resolved: ResolvedModel, engine: EngineChoice, *, batch: int | Non
     calibration = engine.calibration if precision == "int8" else None
     key = export_key(resolved, f"openvino_engine{ENGINE_REVISION}", precision, batch, calibration)
 
-    def build(path: Path) -> None:
+    def make() -> ov.Model:
+        network = resolved.create_model(input_size=resolved.input_size)  # the weights are read (and checked) first
         kept = "kept in the cache for later runs where it is writable" if key else "random weights: not kept"
         log.info("building the %s %s OpenVINO engine model (B7 takes about a minute; %s)", resolved.name,
                  precision, kept)
-        ir = build_ir(resolved, precision, batch=batch, calibration=calibration)
-        save_ir(engine_model(ir), path, precision)
+        return engine_model(build_ir(resolved, precision, batch=batch, calibration=calibration, network=network))
 
-    return cached(key, "model.xml", layout, build)
+    return cached(key, "model.xml", layout, make, lambda model, path: save_ir(model, path, precision))

@@ -44,11 +44,13 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..calibration import calibration_set
-    from ..export import export_model
+    from ..export import check_request, export_model
     from ..resolved import resolve
 
     output = writable_folder(args.output, "output")  # before minutes of export, not after
     calibration = calibration_set(args.calibration, args.calibration_size) if args.calibration else None
+    # Before the weights are read (or B7's downloaded): an impossible request, or a missing package.
+    check_request(args.format, args.precision, calibration, verify=args.verify)
     download_notice(args.model, args.weights)
     results = export_model(resolve(args.model, args.weights), output=output, formats=args.format,
                            precision=args.precision, batch=None if args.batch == "dynamic" else 1,

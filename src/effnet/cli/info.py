@@ -24,7 +24,7 @@ def model_info(name: str) -> dict:
     model = resolve(name, None)  # the architecture and registry entry; weights are only looked for
     spec, entry, cfg = model.spec, model.entry, model.preprocess
     cost = complexity(name, cfg.input_size)
-    cached = cached_file(entry)
+    cached = cached_file(entry, remember=False)  # info only looks: it writes nothing
     s = cfg.input_size
     return {
         "model": name,

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import re
 import sys
 import tempfile
@@ -236,14 +235,12 @@ def cache_notice() -> None:
     """One line when effnet's cache cannot be written: engine models are then built in a temporary
     folder and thrown away at exit, so each run pays the build again."""
     from ..cache_layout import cache_dir
+    from ..export.cache import unwritable_cache_notice
 
     root = cache_dir()
     reason = _unwritable(root)
-    if reason is None:
-        return
-    where = f"EFFNET_HOME={root}" if os.environ.get("EFFNET_HOME") else str(root)
-    notice(f"cannot write to the cache {where} ({reason}); engine models are built in a temporary folder for "
-           f"this run only (set EFFNET_HOME to a writable folder to keep them)")
+    if reason is not None:  # a disk that fills up while an engine model is saved is said then, the same way
+        notice(unwritable_cache_notice(root, reason))
 
 
 def _unwritable(folder: Path) -> str | None:

@@ -7,9 +7,9 @@ from .build import build_ir
 from .cache import cached_ir, cached_onnx
 from .onnx import export_onnx
 from .openvino import export_openvino
-from .pipeline import FORMATS, Exported, ParityError, export_model
+from .pipeline import FORMATS, Exported, ParityError, check_request, export_model
 from .quantize import quantize_int8
 from .verify import Parity, compare
 
 __all__ = ["FORMATS", "Parity", "build_ir", "Exported", "ParityError", "cached_ir", "cached_onnx",
-           "compare", "export_model", "export_onnx", "export_openvino", "quantize_int8"]
+           "check_request", "compare", "export_model", "export_onnx", "export_openvino", "quantize_int8"]

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from ..calibration import CalibrationSet
 from ..errors import EngineError
+from ..model import EfficientNet
 from ..resolved import ResolvedModel
 from .metadata import describe
 from .onnx import export_onnx
@@ -40,9 +41,10 @@ def ir_from_onnx(resolved: ResolvedModel, onnx_path: str | os.PathLike[str], pre
 
 
 def build_ir(resolved: ResolvedModel, precision: str = "fp32", *, batch: int | None = 1,
-             calibration: CalibrationSet | None = None) -> ov.Model:
-    """The card's IR straight from the weights (through a temporary ONNX file, as the OMZ converts)."""
-    model = resolved.create_model(input_size=resolved.input_size)
+             calibration: CalibrationSet | None = None, network: EfficientNet | None = None) -> ov.Model:
+    """The card's IR straight from the weights (through a temporary ONNX file, as the OMZ converts);
+    `network`: `resolved`'s model at its input size, where the caller has created it already."""
+    model = network if network is not None else resolved.create_model(input_size=resolved.input_size)
     with tempfile.TemporaryDirectory(prefix="effnet-onnx-") as tmp:
         onnx_path = Path(tmp) / "model.onnx"
         export_onnx(model, onnx_path, batch=batch)

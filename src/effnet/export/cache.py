@@ -3,18 +3,27 @@ effnet version, calibration set) and reused by every later process."""
 from __future__ import annotations
 
 import atexit
+import errno
+import logging
 import os
 import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
-from ..cache_layout import EXPORT_DONE, CacheLayout
+from ..cache_layout import EXPORT_DONE, CacheLayout, cache_dir
 from ..calibration import CalibrationSet
+from ..errors import OutputError
+from ..model import EfficientNet
 from ..resolved import ResolvedModel
 from .metadata import describe
 from .onnx import export_onnx
 from .openvino import save_ir
+from .writing import NO_SPACE, write_failure
+
+log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 _scratch: Path | None = None  # random-weights exports: not reusable, so kept for this process only
 
@@ -42,27 +51,49 @@ def _scratch_dir() -> Path:
     return _scratch
 
 
-def cached(key: str | None, filename: str, layout: CacheLayout | None, build: Callable[[Path], None]) -> Path:
-    """`key`'s directory holding `filename`, calling build(path) first if it is not there yet.
+def unwritable_cache_notice(root: Path, reason: str) -> str:
+    """The one line said when the cache cannot keep engine models (read-only, misplaced, or its disk full)."""
+    where = f"EFFNET_HOME={root}" if os.environ.get("EFFNET_HOME") and root == cache_dir() else str(root)
+    return (f"cannot write to the cache {where} ({reason}); engine models are built in a temporary folder for "
+            f"this run only (set EFFNET_HOME to a writable folder to keep them)")
 
-    Built in a temporary sibling folder and renamed into place, so a killed build leaves nothing that
-    looks finished; `key` None builds into a folder removed when the process exits.
+
+def cached(key: str | None, filename: str, layout: CacheLayout | None, make: Callable[[], T],
+           save: Callable[[T, Path], object]) -> Path:
+    """`key`'s folder holding `filename`; if it is not there yet, made once (`make()`) and saved
+    (`save(made, path)`).
+
+    Saved in a temporary sibling folder and renamed into place, so a killed build leaves nothing that
+    looks finished. Where the cache cannot keep it, it is saved in a folder removed when the process exits:
+    `key` None (random weights); a read-only or misplaced cache (which the CLI names before the build); a
+    disk that fills up while saving (which only the save finds, so it is logged here, and the model is not
+    made again).
     """
-    if key is None:
-        target = Path(tempfile.mkdtemp(dir=_scratch_dir()))
-        build(target / filename)
-        return target / filename
-    final = (layout or CacheLayout.default()).exports / key
-    if (final / EXPORT_DONE).exists():
+    layout = layout or CacheLayout.default()
+    root = layout.root
+    final = layout.exports / key if key is not None else None
+    if final is not None and (final / EXPORT_DONE).exists():
         return final / filename
+    made = make()
+    if final is None:
+        return _save_for_this_process(made, save, filename, root)
     try:
         final.parent.mkdir(parents=True, exist_ok=True)
         work = Path(tempfile.mkdtemp(prefix=f".{key}.", dir=final.parent))
-    except OSError:  # a read-only (or misplaced) cache: build for this process only; the CLI says so
-        return cached(None, filename, layout, build)
+    except OSError as exc:
+        if exc.errno in (errno.ENOSPC, errno.EDQUOT):  # a check before the build cannot see this
+            log.warning(unwritable_cache_notice(root, write_failure(exc, final.parent) or NO_SPACE))
+        return _save_for_this_process(made, save, filename, root)
     try:
-        build(work / filename)
-        (work / EXPORT_DONE).touch()
+        try:
+            save(made, work / filename)
+            (work / EXPORT_DONE).touch()
+        except Exception as exc:
+            reason = write_failure(exc, work)
+            if reason is None:
+                raise
+            log.warning(unwritable_cache_notice(root, reason))
+            return _save_for_this_process(made, save, filename, root)
         try:
             os.rename(work, final)
         except OSError:  # another process finished first: keep its copy
@@ -73,13 +104,26 @@ def cached(key: str | None, filename: str, layout: CacheLayout | None, build: Ca
     return final / filename
 
 
+def _save_for_this_process(made: T, save: Callable[[T, Path], object], filename: str, root: Path) -> Path:
+    target = Path(tempfile.mkdtemp(dir=_scratch_dir())) / filename
+    try:
+        save(made, target)
+    except Exception as exc:
+        reason = write_failure(exc, target.parent)
+        if reason is None:
+            raise
+        raise OutputError(f"cannot write the engine model {filename} to the cache {root} nor to the temporary "
+                          f"folder {target.parent} ({reason})") from exc
+    return target
+
+
 def cached_onnx(resolved: ResolvedModel, *, batch: int | None = None, layout: CacheLayout | None = None) -> Path:
     """The card's ONNX file (the original model) for `resolved`, exported on first use."""
-    def build(path: Path) -> None:
-        model = resolved.create_model(input_size=resolved.input_size)
+    def save(model: EfficientNet, path: Path) -> None:
         export_onnx(model, path, batch=batch, metadata=describe(resolved, color="RGB", folded=False))
 
-    return cached(export_key(resolved, "onnx", "fp32", batch), "model.onnx", layout, build)
+    return cached(export_key(resolved, "onnx", "fp32", batch), "model.onnx", layout,
+                  lambda: resolved.create_model(input_size=resolved.input_size), save)
 
 
 def cached_ir(resolved: ResolvedModel, *, precision: str = "fp32", batch: int | None = None,
@@ -88,7 +132,6 @@ def cached_ir(resolved: ResolvedModel, *, precision: str = "fp32", batch: int | 
     int8 is quantised on `calibration` (every fifth photo kept out, as in export)."""
     from .build import build_ir
 
-    def build(path: Path) -> None:
-        save_ir(build_ir(resolved, precision, batch=batch, calibration=calibration), path, precision)
-
-    return cached(export_key(resolved, "openvino", precision, batch, calibration), "model.xml", layout, build)
+    return cached(export_key(resolved, "openvino", precision, batch, calibration), "model.xml", layout,
+                  lambda: build_ir(resolved, precision, batch=batch, calibration=calibration),
+                  lambda ir, path: save_ir(ir, path, precision))

@@ -1,10 +1,11 @@
 """`effnet export`: build the model, write the card's ONNX and/or IR (fp32, fp16, int8), verify each."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -12,8 +13,9 @@ import numpy as np
 
 from ..calibration import CalibrationSet
 from ..engines import FILE_PRECISIONS
-from ..errors import EffnetError
+from ..errors import EffnetError, OutputError
 from ..files import folder_images
+from ..optional import require
 from ..preprocessing import PreprocessConfig
 from ..resolved import ResolvedModel
 from .build import ir_from_onnx
@@ -21,6 +23,7 @@ from .metadata import describe
 from .onnx import export_onnx, run_onnx
 from .openvino import bgr_nchw, run_ir, save_ir
 from .quantize import load_crops
+from .writing import FolderWriteError, written
 from .verify import (
     FP32_TOLERANCE,
     Parity,
@@ -51,8 +54,10 @@ class Exported:
     parity: Parity | None = None
 
 
-def check_request(formats: Sequence[str], precision: str, calibration: CalibrationSet | None) -> None:
-    """Refuse impossible combinations before minutes of work."""
+def check_request(formats: Sequence[str], precision: str, calibration: CalibrationSet | None, *,
+                  verify: bool = True) -> None:
+    """Refuse impossible combinations, and name a missing engine package, before minutes of work (a model
+    built, B7's weights downloaded)."""
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
         raise EffnetError(f"unknown formats={','.join(unknown) or '(none)'}; choose from {', '.join(FORMATS)}",
@@ -66,6 +71,21 @@ def check_request(formats: Sequence[str], precision: str, calibration: Calibrati
     if precision == "int8" and calibration is None:
         raise EffnetError("precision=int8 needs calibration=DIR: a folder of a few hundred representative photos",
                           params=("precision", "calibration"))
+    for module in required_modules(formats, precision, verify=verify):
+        require(module)
+
+
+def required_modules(formats: Sequence[str], precision: str, *, verify: bool) -> list[str]:
+    """The optional packages an export uses: onnx always (the IR is converted from the ONNX file), ONNX
+    Runtime to verify an ONNX file, OpenVINO for the IR, NNCF for int8."""
+    needed = ["onnx"]
+    if "onnx" in formats and verify:
+        needed.append("onnxruntime")
+    if "openvino" in formats:
+        needed.append("openvino")
+    if precision == "int8":
+        needed.append("nncf")
+    return needed
 
 
 def ir_filename(name: str, precision: str) -> str:
@@ -81,12 +101,15 @@ def export_model(resolved: ResolvedModel, *, output: str | os.PathLike[str], for
     probabilities must match within 1e-4 (else ParityError), fp16 and int8 report their agreement.
     int8 is calibrated on `calibration`'s photos, every fifth one kept back to measure agreement on
     photos it did not see. `images`: a folder of more photos to verify on.
+
+    Each file is written under a temporary name in `output` and renamed when complete: a full disk leaves
+    no partial file under a final name, and raises OutputError naming the folder.
     """
-    check_request(formats, precision, calibration)
+    check_request(formats, precision, calibration, verify=verify)
     config, name = resolved.preprocess, resolved.name
     output = Path(output)
+    model = resolved.create_model(input_size=config.input_size)  # reads (and checks) the weights
     log.info("building %s (weights %s) at %dx%d", name, resolved.weights_id, config.input_size, config.input_size)
-    model = resolved.create_model(input_size=config.input_size)
     _, held_files = calibration.split() if calibration is not None else ([], [])
     samples, reference = None, None
     if verify:
@@ -99,7 +122,8 @@ def export_model(resolved: ResolvedModel, *, output: str | os.PathLike[str], for
     with tempfile.TemporaryDirectory(prefix="effnet-export-") as tmp:
         onnx_path = output / f"{name}.onnx" if "onnx" in formats else Path(tmp) / f"{name}.onnx"
         log.info("exporting ONNX (%s batch)", "dynamic" if batch is None else batch)
-        export_onnx(model, onnx_path, batch=batch, metadata=describe(resolved, color="RGB", folded=False))
+        with writing_into(output, onnx_path) as path:
+            export_onnx(model, path, batch=batch, metadata=describe(resolved, color="RGB", folded=False))
         if "onnx" in formats:
             parity = None
             if reference is not None:
@@ -108,12 +132,29 @@ def export_model(resolved: ResolvedModel, *, output: str | os.PathLike[str], for
             results.append(Exported("onnx", "fp32", onnx_path, parity))
         if "openvino" in formats:
             ir = ir_from_onnx(resolved, onnx_path, precision, calibration=calibration)
-            xml = save_ir(ir, output / ir_filename(name, precision), precision)
+            xml = output / ir_filename(name, precision)
+            with writing_into(output, xml, ".bin") as path:
+                save_ir(ir, path, precision)
             parity = None
             if reference is not None:
                 parity = check_parity(reference, run_ir(xml, bgr_nchw(samples)), precision, "openvino")
             results.append(Exported("openvino", precision, xml, parity))
     return results
+
+
+@contextlib.contextmanager
+def writing_into(output: Path, final: Path, *companions: str) -> Iterator[Path]:
+    """`written(final, *companions)`, with a failure of the folder (a full disk) as one OutputError naming
+    it: `output` as the parameter it is, a temporary folder by its path."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        with written(final, *companions) as path:
+            yield path
+    except FolderWriteError as exc:
+        if final.parent == output:
+            raise OutputError(f"cannot write to output={output}: {exc.reason}; give a writable folder with room "
+                              f"for the files", params=("output",)) from exc
+        raise OutputError(f"cannot write to the temporary folder {final.parent}: {exc.reason}") from exc
 
 
 def verification_crops(config: PreprocessConfig, *, images: str | os.PathLike[str] | None = None,

@@ -1,9 +1,11 @@
 """INT8 by post-training quantization (NNCF) of the card's IR, calibrated on a folder of photos."""
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -59,7 +61,35 @@ def quantize_int8(model: ov.Model, crops: np.ndarray, *, subset_size: int = DEFA
     level = logger.level
     logger.setLevel(logging.WARNING)  # keep its progress bars, drop its per-node INFO lines
     try:
-        return nncf.quantize(model, dataset, preset=preset, subset_size=min(subset_size, len(crops)),
-                             ignored_scope=nncf.IgnoredScope(names=[stem]))
+        with stdout_to_stderr():  # its progress bars are printed to stdout, which carries results only
+            return nncf.quantize(model, dataset, preset=preset, subset_size=min(subset_size, len(crops)),
+                                 ignored_scope=nncf.IgnoredScope(names=[stem]))
     finally:
         logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def stdout_to_stderr() -> Iterator[None]:
+    """Everything written to stdout inside the block goes to stderr instead: through Python's sys.stdout,
+    and through file descriptor 1 for native code and libraries that hold the descriptor."""
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            stream.flush()
+    saved = None
+    try:
+        saved = os.dup(1)
+        os.dup2(2, 1)
+    except OSError:  # descriptor 1 or 2 is closed: leave the descriptors as they are
+        if saved is not None:
+            os.close(saved)
+            saved = None
+    try:
+        with contextlib.redirect_stdout(sys.stderr):
+            yield
+    finally:
+        for stream in (sys.stdout, sys.stderr):
+            if stream is not None:
+                stream.flush()
+        if saved is not None:
+            os.dup2(saved, 1)
+            os.close(saved)
