@@ -58,7 +58,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--cors-origin", nargs="+", default=[], metavar="ORIGIN",
                    help="browser origins allowed to call the API (default: none)")
     p.add_argument("--drain-timeout", type=positive_float, default=30.0, metavar="S",
-                   help="on SIGTERM, how long to finish accepted requests before exiting (default 30)")
+                   help="on SIGTERM, how long to finish accepted requests; those unanswered then get 503 and the "
+                        "server exits (default 30; a second SIGTERM or SIGINT exits at once)")
     p.add_argument("--decode-workers", type=positive_int, default=2, metavar="N",
                    help="threads decoding images while the engine runs (default 2)")
     p.add_argument("--header-timeout", type=positive_float, default=10.0, metavar="S",

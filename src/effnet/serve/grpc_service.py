@@ -15,6 +15,7 @@ import numpy as np
 
 from ..contract import INPUT_NAME as INPUT
 from ..contract import OUTPUT_NAME as OUTPUT
+from ..errors import EffnetError
 from .codec import InferInput, InferRequest, check_outputs, check_shape, requested_output, unpack_bytes
 from .errors import ProtocolError, ServeError
 from .model import VERSION, ServedModel
@@ -257,7 +258,12 @@ def create_server(state: ServerState, host: str, port: int, max_message_bytes: i
         service.ModelStreamInfer, request_deserializer=pb.ModelInferRequest.FromString,
         response_serializer=pb.ModelStreamInferResponse.SerializeToString)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    bound = server.add_insecure_port(f"{host}:{port}" if ":" not in host else f"[{host}]:{port}")
+    where = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+    try:
+        bound = server.add_insecure_port(where)
+    except RuntimeError:  # "Failed to bind"
+        bound = 0
     if bound == 0:
-        raise OSError(f"cannot listen for gRPC on {host}:{port}")
+        raise EffnetError(f"cannot listen for gRPC on {where}; check host= and grpc_port= (0: any free port)",
+                          params=("host", "grpc_port"))
     return server, bound

@@ -23,7 +23,7 @@ from starlette.routing import Route
 from ..contract import INPUT_NAME as INPUT
 from . import metrics, openapi
 from .codec import HEADER_LENGTH, decompress, http_response, parse_http_request
-from .errors import ProtocolError, ServeError, TooLarge
+from .errors import Draining, ProtocolError, ServeError, TooLarge
 from .model import VERSION, ServedModel
 from .state import ServerState
 
@@ -116,7 +116,7 @@ async def live(request: Request) -> Response:
 async def ready(request: Request) -> Response:
     state = _state(request)
     if not state.ready:
-        return error("not ready" if state.live else "shutting down", 503)
+        return error("shutting down" if state.shutting_down else "not ready", 503)
     return ok({"ready": True})
 
 
@@ -129,9 +129,9 @@ async def model_metadata(request: Request) -> Response:
 
 
 async def model_ready(request: Request) -> Response:
-    m = _model(request)
-    if not _state(request).ready:
-        return error(f"model {m.name!r} is not ready", 503)
+    m, state = _model(request), _state(request)
+    if not state.ready:
+        return error(f"model {m.name!r} is not ready" + (": shutting down" if state.shutting_down else ""), 503)
     return ok({"name": m.name, "ready": True})
 
 
@@ -294,4 +294,19 @@ class GuardMiddleware:
                 response = error("missing or wrong token: send 'Authorization: Bearer <token>'", 401,
                                  {"WWW-Authenticate": "Bearer"})
                 return await response(scope, receive, send)
-        await self.app(scope, receive, send)
+        started = False
+
+        async def watched_send(message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched_send)
+        except asyncio.CancelledError:
+            # uvicorn cancels what is still running CLOSE_GRACE after the drain: answered here (uvicorn's own
+            # answer is a text/plain 500 and a traceback), and the task ends as it would have.
+            if started or not self.state.shutting_down:
+                raise
+            await failure(Draining("the server is shutting down: this request had no answer when it "
+                                   "closed"))(scope, receive, send)

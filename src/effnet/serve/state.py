@@ -18,7 +18,7 @@ class ServerState:
         self.max_request_bytes = max_request_bytes
         self.token = token
         self.ready = False
-        self.live = True
+        self.shutting_down = False  # from the first SIGTERM (Server.stop) on
 
     def model(self, name: str, version: str | None = None) -> ServedModel:
         m = self.models.get(name)
