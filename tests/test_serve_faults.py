@@ -194,7 +194,7 @@ def test_overload_answers_only_200_and_503_and_health_stays_fast(slow):
 
 def test_deadline_fires_on_time_while_a_batch_runs(slow, engine_log):
     wait_idle(slow)
-    before = stats(slow)["inference_count"]
+    before, started = stats(slow)["inference_count"], batches_started(engine_log)
     busy, first = busy_engine(slow, engine_log)  # the engine is now busy for about 0.5 s
     body = {"inputs": [{"name": "data", "datatype": "BYTES", "shape": [1],
                         "data": [{"b64": __import__("base64").b64encode(tiny_jpeg(7)).decode()}]}],
@@ -209,6 +209,7 @@ def test_deadline_fires_on_time_while_a_batch_runs(slow, engine_log):
     wait_idle(slow)
     time.sleep(0.6)  # any batch that (wrongly) still held the expired request has finished by now
     assert stats(slow)["inference_count"] - before == 1, "an expired request was computed"
+    assert batches_started(engine_log) - started == 1, "an expired request was computed"
     # gRPC: the client's deadline is the request's deadline.
     import tritonclient.grpc as tg
 
@@ -226,7 +227,7 @@ def test_deadline_fires_on_time_while_a_batch_runs(slow, engine_log):
 def test_a_client_that_leaves_is_not_computed(slow, engine_log):
     wait_idle(slow)
     time.sleep(0.6)
-    before = stats(slow)
+    before, started = stats(slow), batches_started(engine_log)
     busy, first = busy_engine(slow, engine_log)
     host, port = slow.http.removeprefix("http://").split(":")
     gone = socket.create_connection((host, int(port)), timeout=10)
@@ -241,6 +242,7 @@ def test_a_client_that_leaves_is_not_computed(slow, engine_log):
     time.sleep(0.6)
     after = stats(slow)
     assert after["inference_count"] - before["inference_count"] == 1, "a request whose client left was computed"
+    assert batches_started(engine_log) - started == 1, "a request whose client left was computed"
     text = httpx.get(slow.http + "/metrics", timeout=10).text
     assert metric(text, "nv_inference_request_failure", reason="CANCELED") >= 1
 
@@ -753,6 +755,150 @@ def test_openvino_requests_in_flight_when_the_drain_times_out_end_before_the_pro
         s.stop()
 
 
+# ---- the smaller faults: limits, CORS, the token, readiness, gRPC contents, outputs, statistics, ports -------
+
+TOKEN = "s3cret-token"
+STRICT_LIMIT = 64 << 10
+
+
+@pytest.fixture(scope="module")
+def strict():
+    """A server with a small request limit, a token and one CORS origin."""
+    s = start(delay=0.05, max_request_bytes=STRICT_LIMIT, token=TOKEN, cors_origins=["http://ok.example"])
+    yield s
+    assert s.stop() == 0, s.lines[-20:]
+
+
+def grpc_infer(server, request, metadata=(("authorization", f"Bearer {TOKEN}"),)):
+    """One ModelInfer call with effnet's own messages on a plain channel (no client library in between)."""
+    import grpc
+
+    from effnet.serve.proto import effnet_oip_pb2 as pb
+
+    with grpc.insecure_channel(server.grpc) as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                                   request_serializer=pb.ModelInferRequest.SerializeToString,
+                                   response_deserializer=pb.ModelInferResponse.FromString)
+        return call(request, timeout=30, metadata=metadata)
+
+
+def raw_request(size: int):
+    """A ModelInferRequest of exactly `size` bytes: one JPEG (padded with trailing zeros) in raw_input_contents."""
+    from effnet.serve.codec import pack_bytes
+    from effnet.serve.proto import effnet_oip_pb2 as pb
+
+    jpeg, pad = tiny_jpeg(), 0
+    for _ in range(5):
+        req = pb.ModelInferRequest(model_name=MODEL)
+        req.inputs.add(name="data", datatype="BYTES", shape=[1])
+        req.raw_input_contents.append(pack_bytes([jpeg + b"\0" * pad]))
+        if req.ByteSize() == size:
+            return req
+        pad += size - req.ByteSize()
+    raise AssertionError(f"no request of {size} bytes")
+
+
+def test_grpc_messages_are_held_to_max_request_bytes_as_http_bodies_are(strict):
+    """--max-request-bytes below 4 MiB applied to HTTP only (gRPC's floor was 4 MiB): a message of the limit is
+    served, one byte more is RESOURCE_EXHAUSTED, as the body one byte over is 413."""
+    import grpc
+
+    assert grpc_infer(strict, raw_request(STRICT_LIMIT)).outputs[0].name == "prob"
+    with pytest.raises(grpc.RpcError) as info:
+        grpc_infer(strict, raw_request(STRICT_LIMIT + 1))
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, info.value
+    body = tiny_jpeg() + b"\0" * (STRICT_LIMIT - len(tiny_jpeg()))
+    auth = {"Authorization": f"Bearer {TOKEN}", **RAW}
+    assert httpx.post(strict.http + INFER, content=body, headers=auth, timeout=30).status_code == 200
+    assert httpx.post(strict.http + INFER, content=body + b"\0", headers=auth, timeout=30).status_code == 413
+
+
+def test_cors_refusals_are_json_like_every_non_200(strict):
+    """A preflight from an origin, or for a method, that is not allowed is a JSON 400 (it was text/plain)."""
+    for origin, method, refused in (("http://evil.example", "POST", "origin"), ("http://ok.example", "PUT", "method")):
+        r = httpx.options(strict.http + INFER, timeout=10, headers={"Origin": origin,
+                                                                      "Access-Control-Request-Method": method})
+        assert r.status_code == 400 and r.headers["content-type"] == "application/json", r.text
+        assert r.json() == {"error": f"CORS preflight refused: {refused} not allowed"}
+    r = httpx.options(strict.http + INFER, timeout=10, headers={"Origin": "http://ok.example",
+                                                                  "Access-Control-Request-Method": "POST"})
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://ok.example"
+
+
+def test_the_bearer_scheme_is_case_insensitive(strict):
+    """RFC 7235 section 2.1: the auth scheme is case-insensitive (`bearer TOKEN` was refused)."""
+    from effnet.serve.proto import effnet_oip_pb2 as pb
+
+    with httpx.Client(base_url=strict.http, timeout=10) as c:
+        for scheme in ("Bearer", "bearer", "BEARER"):
+            assert c.get(f"/v2/models/{MODEL}", headers={"Authorization": f"{scheme} {TOKEN}"}).status_code == 200
+        for header in ("Bearer wrong", f"Basic {TOKEN}", TOKEN, f"Bearer{TOKEN}"):
+            assert c.get(f"/v2/models/{MODEL}", headers={"Authorization": header}).status_code == 401, header
+    req = pb.ModelInferRequest(model_name=MODEL)
+    req.inputs.add(name="data", datatype="BYTES", shape=[1]).contents.bytes_contents.append(tiny_jpeg())
+    assert grpc_infer(strict, req, metadata=(("authorization", f"bearer {TOKEN}"),)).outputs[0].name == "prob"
+
+
+def test_model_readiness_needs_no_token_over_http_as_over_grpc(strict):
+    """Model readiness is health, open over gRPC (ModelReady); over HTTP it asked for the token."""
+    import tritonclient.grpc as tg
+
+    for path in (f"/v2/models/{MODEL}/ready", f"/v2/models/{MODEL}/versions/1/ready"):
+        r = httpx.get(strict.http + path, timeout=10)
+        assert r.status_code == 200 and r.json() == {"name": MODEL, "ready": True}, r.text
+    assert httpx.get(strict.http + f"/v2/models/{MODEL}", timeout=10).status_code == 401  # the rest still asks
+    client = tg.InferenceServerClient(strict.grpc)
+    assert client.is_model_ready(MODEL)
+    client.close()
+
+
+def test_grpc_contents_beside_raw_input_contents_is_refused(strict):
+    """An input given twice, typed `contents` and raw_input_contents, is INVALID_ARGUMENT, as Triton answers (one of
+    the two was silently used)."""
+    import grpc
+
+    req = raw_request(4096)
+    req.inputs[0].contents.bytes_contents.append(tiny_jpeg(200))
+    with pytest.raises(grpc.RpcError) as info:
+        grpc_infer(strict, req)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == "input 'data': 'contents' must not be given when the request uses raw_input_contents"
+
+
+def test_an_empty_outputs_list_returns_every_output(slow):
+    """`"outputs": []` names no output: every output is returned, as Triton does (it computed the request and
+    answered none)."""
+    import base64
+
+    body = {"inputs": [{"name": "data", "datatype": "BYTES", "shape": [1],
+                        "data": [base64.b64encode(tiny_jpeg(77)).decode()]}], "outputs": []}
+    r = httpx.post(slow.http + INFER, json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    (out,) = r.json()["outputs"]
+    assert out["name"] == "prob" and out["shape"] == [1, 1000] and int(np.argmax(out["data"])) == 77
+
+
+def test_images_of_failed_requests_are_not_counted_as_inferences(slow, engine_log):
+    """Triton's inference_count counts the images of successful requests: a request whose deadline passes while its
+    batch runs fails (504) and is not one, though the execution counts."""
+    wait_idle(slow)
+    time.sleep(0.6)  # no batch from an earlier test still running
+    before, started = stats(slow), batches_started(engine_log)
+    body = {"inputs": [{"name": "data", "datatype": "BYTES", "shape": [1],
+                        "data": [{"b64": __import__("base64").b64encode(tiny_jpeg(5)).decode()}]}],
+            "parameters": {"timeout": 150_000}}
+    r = httpx.post(slow.http + INFER, json=body, timeout=30)
+    assert r.status_code == 504 and batches_started(engine_log) == started + 1  # it was in the engine
+    wait_for(lambda: stats(slow)["execution_count"] > before["execution_count"], "the batch never ended")
+    after = stats(slow)
+    assert after["inference_count"] == before["inference_count"], "the failed request's image counted"
+    assert after["execution_count"] == before["execution_count"] + 1
+    fails = lambda st: st["inference_stats"]["fail"]["count"]  # noqa: E731
+    assert fails(after) == fails(before) + 1
+    text = httpx.get(slow.http + "/metrics", timeout=10).text
+    assert metric(text, "nv_inference_count") == after["inference_count"]
+
+
 def test_a_busy_port_is_named_in_one_line():
     """`effnet serve` on a port in use: one line naming the port and the flag (it said `[Errno 98] Address already in
     use`)."""
@@ -771,3 +917,15 @@ def test_a_busy_port_is_named_in_one_line():
                                           f"{flag} (0: any free port)")
     finally:
         holder.close()
+
+
+def test_the_serving_pixel_limit_is_documented_beside_classifys():
+    """serve refuses images over 50 MP by default while classify accepts about 179 MP (Pillow's limit): the README's
+    Serving section says so, with the default the command line really has."""
+    from effnet.cli import build_parser
+
+    default = build_parser().parse_args(["serve"]).max_pixels
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    serving = readme.split("\n## Serving\n", 1)[1].split("\n## ", 1)[0]
+    sentence = next(s for s in serving.replace("\n", " ").split(". ") if "--max-pixels" in s)
+    assert f"{default:,}" in sentence and "179 MP" in sentence and "classify" in sentence, sentence

@@ -41,6 +41,10 @@ def parse_grpc_request(req: pb.ModelInferRequest, limit: int) -> InferRequest:
     raw = len(req.raw_input_contents) > 0
     if raw and len(req.raw_input_contents) != len(req.inputs):
         raise ProtocolError(f"{len(req.raw_input_contents)} raw_input_contents for {len(req.inputs)} inputs")
+    for t in req.inputs:
+        if raw and t.HasField("contents"):  # which of the two is the input? Triton refuses the same way
+            raise ProtocolError(f"input {t.name!r}: 'contents' must not be given when the request uses "
+                                "raw_input_contents")
     if len(req.inputs) > 16:
         raise ProtocolError(f"{len(req.inputs)} inputs; the model has one")
     inputs = []
@@ -244,10 +248,10 @@ _METHODS = {
 
 
 def create_server(state: ServerState, host: str, port: int, max_message_bytes: int) -> tuple[grpc.aio.Server, int]:
-    """A grpc.aio server with the service registered under its standard name; returns (server, bound port)."""
-    size = max(max_message_bytes + (1 << 20), 4 << 20)
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", size),
-                                      ("grpc.max_send_message_length", size),
+    """A grpc.aio server with the service registered under its standard name; returns (server, bound port).
+    A request message over `max_message_bytes` is refused (RESOURCE_EXHAUSTED) as HTTP refuses such a body."""
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message_bytes),
+                                      ("grpc.max_send_message_length", max(max_message_bytes, 4 << 20)),
                                       ("grpc.so_reuseport", 0)])
     service = InferenceService(state)
     handlers = {name: grpc.unary_unary_rpc_method_handler(getattr(service, name),

@@ -31,6 +31,11 @@ OFFLOAD_BYTES = 256 << 10  # bodies larger than this are parsed off the event lo
 OPEN = {"/v2/health/live", "/v2/health/ready", "/metrics", "/", "/favicon.ico"}  # no token needed
 
 
+def open_route(path: str) -> bool:
+    """Health (model readiness included, as over gRPC), metrics and the page need no token."""
+    return path in OPEN or (path.startswith("/v2/models/") and path.endswith("/ready"))
+
+
 def error(message: str, status: int, headers: dict[str, str] | None = None) -> Response:
     return Response(orjson.dumps({"error": message}), status, headers, media_type="application/json")
 
@@ -265,7 +270,7 @@ def create_app(state: ServerState, *, cors_origins: list[str] | None = None) -> 
                 Exception: _any_error}
     middleware = [Middleware(GuardMiddleware, state=state)]
     if cors_origins:
-        middleware.insert(0, Middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["GET", "POST"],
+        middleware.insert(0, Middleware(JSONCORSMiddleware, allow_origins=cors_origins, allow_methods=["GET", "POST"],
                                         allow_headers=["Authorization", "Content-Type", "Content-Encoding",
                                                        HEADER_LENGTH],
                                         expose_headers=[HEADER_LENGTH, "Retry-After"], max_age=600))
@@ -274,9 +279,23 @@ def create_app(state: ServerState, *, cors_origins: list[str] | None = None) -> 
     return app
 
 
+class JSONCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS, its refusals (a preflight from an origin, method or header not allowed) in JSON like
+    every other non-200."""
+
+    def preflight_response(self, request_headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code == 200:
+            return response
+        refused = bytes(response.body).decode().removeprefix("Disallowed CORS ")
+        headers = {k: v for k, v in response.headers.items() if k not in ("content-type", "content-length")}
+        return error(f"CORS preflight refused: {refused} not allowed", response.status_code, headers)
+
+
 class GuardMiddleware:
-    """Token check (every route but health, metrics and the static page) and a JSON 500 for anything that
-    escapes, as a plain ASGI middleware (it must not buffer bodies)."""
+    """Token check (every route but health, metrics and the static page), and a JSON 503 for a request that
+    the server's shutdown cancels before it has an answer, as a plain ASGI middleware (it must not buffer
+    bodies)."""
 
     def __init__(self, app, state: ServerState) -> None:
         self.app = app
@@ -285,7 +304,7 @@ class GuardMiddleware:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        if self.state.token is not None and scope["path"] not in OPEN and scope["method"] != "OPTIONS":
+        if self.state.token is not None and not open_route(scope["path"]) and scope["method"] != "OPTIONS":
             auth = None
             for key, value in scope["headers"]:
                 if key == b"authorization":

@@ -41,7 +41,7 @@ class Stats:
     compute_input_ns: int = 0
     compute_infer_ns: int = 0
     compute_output_ns: int = 0
-    inference_count: int = 0   # images
+    inference_count: int = 0   # images answered (Triton: those of successful requests only)
     execution_count: int = 0   # engine calls (batches)
     last_inference_ms: int = 0
     batch_sizes: dict[int, list[int]] = field(default_factory=dict)  # size -> [count, infer ns]
@@ -237,18 +237,21 @@ class Scheduler:
                 if not j.future.done():
                     j.future.set_exception(EngineFailed(f"the engine failed: {error}"))
             return
-        self._account(images, time.perf_counter_ns() - started_ns)
         probs = np.asarray(probs, dtype=np.float32)
-        start = 0
+        start, answered = 0, 0
         for j in batch:
             n = len(j.crops)
-            if not j.future.done():
+            if not j.future.done():  # not expired, cancelled or stopped meanwhile
                 j.future.set_result(probs[start:start + n])
+                answered += n
             start += n
+        self._account(images, answered, time.perf_counter_ns() - started_ns)
 
-    def _account(self, images: int, infer_ns: int) -> None:
+    def _account(self, images: int, answered: int, infer_ns: int) -> None:
+        """An engine call of `images` that ended well, `answered` of them for requests still waiting: Triton counts
+        only those as inferences; the execution and its batch size count either way."""
         s = self.stats
-        s.inference_count += images
+        s.inference_count += answered
         s.execution_count += 1
         s.compute_infer_ns += infer_ns
         s.last_inference_ms = int(time.time() * 1000)
