@@ -29,24 +29,28 @@ LIMIT = 8 << 20
 
 
 class ServerProcess:
-    """`effnet serve` (or a Python script that embeds it) as a child process in its own session."""
+    """`effnet serve` (or a Python script that embeds it) as a child process in its own session: `lines` is what
+    it says on stderr (status lines, notices), `out` what it prints on stdout (results only: nothing)."""
 
     def __init__(self, args: list[str], *, script: str | None = None, env: dict | None = None,
                  timeout: float = 120) -> None:
         cmd = [sys.executable, "-c", script, *args] if script else [sys.executable, "-m", "effnet.cli", "serve", *args]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                      start_new_session=True, env={**os.environ, **(env or {})})
         self.lines: list[str] = []
+        self.out: list[str] = []
         deadline = time.monotonic() + timeout
         ready = threading.Event()
 
-        def pump():
-            for line in self.proc.stdout:
-                self.lines.append(line.rstrip("\n"))
-                if line.startswith("effnet serve: ready"):
+        def pump(stream, lines):
+            for line in stream:
+                lines.append(line.rstrip("\n"))
+                if lines is self.lines and line.startswith("effnet serve: ready"):
                     ready.set()
-        self._reader = threading.Thread(target=pump, daemon=True)
-        self._reader.start()
+        self._readers = [threading.Thread(target=pump, args=args, daemon=True)
+                         for args in ((self.proc.stderr, self.lines), (self.proc.stdout, self.out))]
+        for reader in self._readers:
+            reader.start()
         while not ready.wait(0.2):
             if self.proc.poll() is not None or time.monotonic() > deadline:
                 self.stop()
@@ -129,6 +133,13 @@ def same(a: np.ndarray, b: np.ndarray) -> None:
 
 
 # ---- protocol surface ------------------------------------------------------------------------------
+
+def test_status_lines_go_to_stderr_and_stdout_stays_empty(server):
+    """stdout carries results only: `effnet serve`'s status lines are notices, on stderr (they were on stdout)."""
+    assert server.out == []
+    assert "effnet serve: ready" in server.lines
+    assert any(line.startswith("effnet serve: HTTP on http://127.0.0.1:") for line in server.lines)
+
 
 def test_health_metadata_and_errors_are_json(server):
     with httpx.Client(base_url=server.http, timeout=30) as c:

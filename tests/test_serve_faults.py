@@ -12,6 +12,7 @@ import os
 import selectors
 import signal
 import socket
+import subprocess
 import threading
 import time
 from pathlib import Path
@@ -193,7 +194,7 @@ def test_overload_answers_only_200_and_503_and_health_stays_fast(slow):
 
 def test_deadline_fires_on_time_while_a_batch_runs(slow, engine_log):
     wait_idle(slow)
-    before = stats(slow)["inference_count"]
+    before, started = stats(slow)["inference_count"], batches_started(engine_log)
     busy, first = busy_engine(slow, engine_log)  # the engine is now busy for about 0.5 s
     body = {"inputs": [{"name": "data", "datatype": "BYTES", "shape": [1],
                         "data": [{"b64": __import__("base64").b64encode(tiny_jpeg(7)).decode()}]}],
@@ -208,6 +209,7 @@ def test_deadline_fires_on_time_while_a_batch_runs(slow, engine_log):
     wait_idle(slow)
     time.sleep(0.6)  # any batch that (wrongly) still held the expired request has finished by now
     assert stats(slow)["inference_count"] - before == 1, "an expired request was computed"
+    assert batches_started(engine_log) - started == 1, "an expired request was computed"
     # gRPC: the client's deadline is the request's deadline.
     import tritonclient.grpc as tg
 
@@ -225,7 +227,7 @@ def test_deadline_fires_on_time_while_a_batch_runs(slow, engine_log):
 def test_a_client_that_leaves_is_not_computed(slow, engine_log):
     wait_idle(slow)
     time.sleep(0.6)
-    before = stats(slow)
+    before, started = stats(slow), batches_started(engine_log)
     busy, first = busy_engine(slow, engine_log)
     host, port = slow.http.removeprefix("http://").split(":")
     gone = socket.create_connection((host, int(port)), timeout=10)
@@ -240,6 +242,7 @@ def test_a_client_that_leaves_is_not_computed(slow, engine_log):
     time.sleep(0.6)
     after = stats(slow)
     assert after["inference_count"] - before["inference_count"] == 1, "a request whose client left was computed"
+    assert batches_started(engine_log) - started == 1, "a request whose client left was computed"
     text = httpx.get(slow.http + "/metrics", timeout=10).text
     assert metric(text, "nv_inference_request_failure", reason="CANCELED") >= 1
 
@@ -553,3 +556,376 @@ def test_at_the_connection_cap_with_every_connection_busy_new_ones_get_503():
         for c in clients:
             c.close()
         assert s.stop() == 0
+
+
+# ---- shutdown --------------------------------------------------------------------------------------
+
+def pending(server) -> float:
+    return metric(httpx.get(server.http + "/metrics", timeout=5).text, "nv_inference_pending_request_count")
+
+
+def wait_for(condition, what: str, timeout: float = 10) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, what
+        time.sleep(0.01)
+
+
+def post_in_thread(client: RawClient, answers: list, since: list) -> threading.Thread:
+    """POST a small JPEG on `client` in a thread; appends (seconds after since[0], status, headers, body) or the
+    error's name when the connection ends without an answer."""
+    def send():
+        try:
+            status, headers, body = client.post(INFER, tiny_jpeg(), RAW)
+            answers.append((time.perf_counter() - since[0], status, headers, body))
+        except OSError as exc:
+            answers.append(type(exc).__name__)
+    thread = threading.Thread(target=send)
+    thread.start()
+    return thread
+
+
+def test_when_the_drain_timeout_passes_the_unanswered_get_json_503_and_the_process_exits_0(tmp_path):
+    """--drain-timeout passing with work in flight: every request still unanswered is answered a JSON 503 (Draining)
+    at that moment, the batch in the engine ends, queued ones never start, and the process exits 0 soon after (they
+    were answered a text/plain 500 one more timeout later, and the process exited about 4x past the timeout)."""
+    log = tmp_path / "batches.log"
+    drain, delay = 1.0, 1.6
+    s = start(delay=delay, max_batch_size=1, max_queue_size=8, drain_timeout=drain, log=str(log))
+    clients = [RawClient(s.http) for _ in range(3)]
+    answers: list = []
+    since = [time.perf_counter()]
+    try:
+        threads = [post_in_thread(c, answers, since) for c in clients]
+        wait_for(lambda: batches_started(log) == 1 and pending(s) == 3, "the requests were never admitted")
+        since[0] = time.perf_counter()  # one request in the engine (about 1.5 s to go), two queued
+        s.signal(signal.SIGTERM)
+        for t in threads:
+            t.join(15)
+        code = s.proc.wait(15)
+        exited = time.perf_counter() - since[0]
+        assert code == 0, s.lines[-10:]
+        assert len(answers) == 3, answers
+        for answer in answers:
+            elapsed, status, headers, body = answer
+            assert (status, headers["content-type"]) == (503, "application/json"), answer
+            assert headers["retry-after"] and "drain timeout (1 s) passed" in json.loads(body)["error"], answer
+            assert drain - 0.05 < elapsed < drain + 0.5, f"answered {elapsed:.2f} s after SIGTERM"
+        assert exited < drain + delay + 2.5, f"exited {exited:.1f} s after SIGTERM (drain timeout {drain:g} s)"
+        assert batches_started(log) == 1, "a queued request was computed after the drain gave up on it"
+        assert "effnet serve: the drain timeout (1 s) passed with 3 requests unanswered: answered 503" in s.lines
+        assert not any("Traceback" in line for line in s.lines), s.lines
+    finally:
+        for c in clients:
+            c.close()
+        s.stop()
+
+
+def test_readiness_after_sigterm_says_shutting_down(tmp_path):
+    """From the first SIGTERM until exit, readiness answers 503 {"error": "shutting down"} (Triton and KServe's
+    word for a server that drains), the model's readiness says so too, and gRPC's ServerReady is false (it said
+    "not ready", as before startup)."""
+    import tritonclient.grpc as tg
+
+    log = tmp_path / "batches.log"
+    s = start(delay=1.5, max_batch_size=1, drain_timeout=10, log=str(log))
+    client = RawClient(s.http)
+    answers: list = []
+    try:
+        thread = post_in_thread(client, answers, [time.perf_counter()])
+        wait_for(lambda: batches_started(log) == 1, "the engine never started")
+        s.signal(signal.SIGTERM)
+        wait_for(lambda: httpx.get(s.http + "/v2/health/ready", timeout=5).status_code == 503, "still ready")
+        r = httpx.get(s.http + "/v2/health/ready", timeout=5)
+        assert r.json() == {"error": "shutting down"} and r.headers["content-type"] == "application/json"
+        r = httpx.get(s.http + f"/v2/models/{MODEL}/ready", timeout=5)
+        assert r.status_code == 503 and r.json() == {"error": f"model {MODEL!r} is not ready: shutting down"}
+        grpc_client = tg.InferenceServerClient(s.grpc)
+        assert grpc_client.is_server_live() and not grpc_client.is_server_ready()
+        grpc_client.close()
+        thread.join(15)
+        assert [a[1] for a in answers] == [200]  # what was accepted is still answered
+        assert s.proc.wait(15) == 0
+    finally:
+        client.close()
+        s.stop()
+
+
+def test_a_second_signal_ends_the_process_at_once(tmp_path):
+    """A second SIGTERM or SIGINT during the drain exits at once, 128 + the signal's number, with one line and no
+    traceback, even while the engine holds the main thread (it did nothing: the server waited for the engine)."""
+    for first, second, code in ((signal.SIGTERM, signal.SIGINT, 130), (signal.SIGTERM, signal.SIGTERM, 143)):
+        log = tmp_path / f"batches-{second.name}.log"
+        s = start(delay=10, max_batch_size=1, drain_timeout=60, log=str(log))
+        client = RawClient(s.http)
+        answers: list = []
+        try:
+            thread = post_in_thread(client, answers, [time.perf_counter()])
+            wait_for(lambda: batches_started(log) == 1, "the engine never started")  # busy for 10 s
+            s.signal(first)
+            wait_for(lambda: httpx.get(s.http + "/v2/health/ready", timeout=5).status_code == 503, "no drain")
+            t0 = time.perf_counter()
+            s.signal(second)
+            assert s.proc.wait(5) == code
+            assert time.perf_counter() - t0 < 2
+            thread.join(5)
+            assert answers in (["ConnectionError"], ["ConnectionResetError"])  # closed with the process
+            said = [line for line in s.lines if line.startswith(f"effnet serve: a second {second.name}")]
+            assert said == [f"effnet serve: a second {second.name}: exiting now with 1 request unanswered"], s.lines
+            assert not any("Traceback" in line for line in s.lines), s.lines
+        finally:
+            client.close()
+            s.stop()
+
+
+def test_the_engine_executor_returns_when_its_loop_thread_ends_however_it_ends():
+    """`serve` runs the engines on the main thread (MainThreadExecutor) while the event loop runs in a thread: when
+    that thread ends, by a clean return or an error, without shutting the executor down, the main thread returns
+    too (a server once logged "stopped" and never exited)."""
+    from effnet.serve.scheduler import MainThreadExecutor
+
+    assert threading.current_thread() is threading.main_thread()
+    for fail in (False, True):
+        executor = MainThreadExecutor()
+        ran: list = []
+
+        def loop_thread():
+            try:
+                ran.append(executor.submit(lambda: threading.current_thread() is threading.main_thread()).result(5))
+                if fail:
+                    raise RuntimeError("the event loop failed")
+            except RuntimeError:
+                pass  # what `serve`'s loop thread does with an error: keep it for the main thread, end
+
+        thread = threading.Thread(target=loop_thread)
+        thread.start()
+        t0 = time.perf_counter()
+        executor.run(while_alive=thread)
+        assert time.perf_counter() - t0 < 2
+        thread.join(5)
+        assert ran == [True]
+        late = executor.submit(time.sleep, 30)  # nobody runs calls any more: refused, not left waiting
+        assert late.cancelled() or late.exception(1) is not None
+
+
+OPENVINO_SCRIPT = """
+import json, sys
+from effnet import Classifier
+from effnet.engines import EngineOptions, resolve_engine
+from effnet.serve import ServeOptions, serve
+
+options = json.loads(sys.argv[1])
+# Each infer request computes a fixed batch of 32 images (the tail padded): most of a second per request here, so
+# requests are in OpenVINO's threads when the drain timeout passes.
+engine = resolve_engine("openvino", "fp32", options=EngineOptions(model_batch=32))
+sys.exit(serve([Classifier("efficientnet_lite0", options.pop("weights"), backend=engine)], ServeOptions(**options)))
+"""
+
+
+def test_openvino_requests_in_flight_when_the_drain_times_out_end_before_the_process(lite0_weights):
+    """A real OpenVINO server whose drain timeout passes while infer requests run: it aborted (SIGABRT, "FATAL:
+    exception not rethrown": OpenVINO's threads still running at exit) after answering text/plain 500s. Now the
+    requests get JSON 503 at the timeout, the engine ends what it runs, and the process exits 0."""
+    drain = 0.3
+    s = ServerProcess([json.dumps({"http_port": 0, "grpc_port": None, "drain_timeout": drain, "max_batch_size": 1,
+                                   "weights": str(lite0_weights)})], script=OPENVINO_SCRIPT, timeout=300)
+    clients = [RawClient(s.http) for _ in range(6)]
+    answers: list = []
+    since = [time.perf_counter()]
+    try:
+        threads = [post_in_thread(c, answers, since) for c in clients]
+        wait_for(lambda: pending(s) == 6, "the requests were never admitted")
+        time.sleep(0.2)  # in OpenVINO's infer requests
+        since[0] = time.perf_counter()
+        s.signal(signal.SIGTERM)
+        for t in threads:
+            t.join(30)
+        code = s.proc.wait(60)
+        assert code == 0 and not any("FATAL" in line for line in s.lines), s.lines[-10:]
+        assert len(answers) == 6, answers
+        for answer in answers:
+            elapsed, status, headers, body = answer
+            assert headers["content-type"] == "application/json", answer
+            assert status == 200 or (status == 503 and "drain timeout" in json.loads(body)["error"]), answer
+            assert elapsed < drain + 0.5 or status == 200, f"answered {elapsed:.2f} s after SIGTERM"
+        assert not any("Traceback" in line for line in s.lines), s.lines
+    finally:
+        for c in clients:
+            c.close()
+        s.stop()
+
+
+# ---- the smaller faults: limits, CORS, the token, readiness, gRPC contents, outputs, statistics, ports -------
+
+TOKEN = "s3cret-token"
+STRICT_LIMIT = 64 << 10
+
+
+@pytest.fixture(scope="module")
+def strict():
+    """A server with a small request limit, a token and one CORS origin."""
+    s = start(delay=0.05, max_request_bytes=STRICT_LIMIT, token=TOKEN, cors_origins=["http://ok.example"])
+    yield s
+    assert s.stop() == 0, s.lines[-20:]
+
+
+def grpc_infer(server, request, metadata=(("authorization", f"Bearer {TOKEN}"),)):
+    """One ModelInfer call with effnet's own messages on a plain channel (no client library in between)."""
+    import grpc
+
+    from effnet.serve.proto import effnet_oip_pb2 as pb
+
+    with grpc.insecure_channel(server.grpc) as channel:
+        call = channel.unary_unary("/inference.GRPCInferenceService/ModelInfer",
+                                   request_serializer=pb.ModelInferRequest.SerializeToString,
+                                   response_deserializer=pb.ModelInferResponse.FromString)
+        return call(request, timeout=30, metadata=metadata)
+
+
+def raw_request(size: int):
+    """A ModelInferRequest of exactly `size` bytes: one JPEG (padded with trailing zeros) in raw_input_contents."""
+    from effnet.serve.codec import pack_bytes
+    from effnet.serve.proto import effnet_oip_pb2 as pb
+
+    jpeg, pad = tiny_jpeg(), 0
+    for _ in range(5):
+        req = pb.ModelInferRequest(model_name=MODEL)
+        req.inputs.add(name="data", datatype="BYTES", shape=[1])
+        req.raw_input_contents.append(pack_bytes([jpeg + b"\0" * pad]))
+        if req.ByteSize() == size:
+            return req
+        pad += size - req.ByteSize()
+    raise AssertionError(f"no request of {size} bytes")
+
+
+def test_grpc_messages_are_held_to_max_request_bytes_as_http_bodies_are(strict):
+    """--max-request-bytes below 4 MiB applied to HTTP only (gRPC's floor was 4 MiB): a message of the limit is
+    served, one byte more is RESOURCE_EXHAUSTED, as the body one byte over is 413."""
+    import grpc
+
+    assert grpc_infer(strict, raw_request(STRICT_LIMIT)).outputs[0].name == "prob"
+    with pytest.raises(grpc.RpcError) as info:
+        grpc_infer(strict, raw_request(STRICT_LIMIT + 1))
+    assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED, info.value
+    body = tiny_jpeg() + b"\0" * (STRICT_LIMIT - len(tiny_jpeg()))
+    auth = {"Authorization": f"Bearer {TOKEN}", **RAW}
+    assert httpx.post(strict.http + INFER, content=body, headers=auth, timeout=30).status_code == 200
+    assert httpx.post(strict.http + INFER, content=body + b"\0", headers=auth, timeout=30).status_code == 413
+
+
+def test_cors_refusals_are_json_like_every_non_200(strict):
+    """A preflight from an origin, or for a method, that is not allowed is a JSON 400 (it was text/plain)."""
+    for origin, method, refused in (("http://evil.example", "POST", "origin"), ("http://ok.example", "PUT", "method")):
+        r = httpx.options(strict.http + INFER, timeout=10, headers={"Origin": origin,
+                                                                      "Access-Control-Request-Method": method})
+        assert r.status_code == 400 and r.headers["content-type"] == "application/json", r.text
+        assert r.json() == {"error": f"CORS preflight refused: {refused} not allowed"}
+    r = httpx.options(strict.http + INFER, timeout=10, headers={"Origin": "http://ok.example",
+                                                                  "Access-Control-Request-Method": "POST"})
+    assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://ok.example"
+
+
+def test_the_bearer_scheme_is_case_insensitive(strict):
+    """RFC 7235 section 2.1: the auth scheme is case-insensitive (`bearer TOKEN` was refused)."""
+    from effnet.serve.proto import effnet_oip_pb2 as pb
+
+    with httpx.Client(base_url=strict.http, timeout=10) as c:
+        for scheme in ("Bearer", "bearer", "BEARER"):
+            assert c.get(f"/v2/models/{MODEL}", headers={"Authorization": f"{scheme} {TOKEN}"}).status_code == 200
+        for header in ("Bearer wrong", f"Basic {TOKEN}", TOKEN, f"Bearer{TOKEN}"):
+            assert c.get(f"/v2/models/{MODEL}", headers={"Authorization": header}).status_code == 401, header
+    req = pb.ModelInferRequest(model_name=MODEL)
+    req.inputs.add(name="data", datatype="BYTES", shape=[1]).contents.bytes_contents.append(tiny_jpeg())
+    assert grpc_infer(strict, req, metadata=(("authorization", f"bearer {TOKEN}"),)).outputs[0].name == "prob"
+
+
+def test_model_readiness_needs_no_token_over_http_as_over_grpc(strict):
+    """Model readiness is health, open over gRPC (ModelReady); over HTTP it asked for the token."""
+    import tritonclient.grpc as tg
+
+    for path in (f"/v2/models/{MODEL}/ready", f"/v2/models/{MODEL}/versions/1/ready"):
+        r = httpx.get(strict.http + path, timeout=10)
+        assert r.status_code == 200 and r.json() == {"name": MODEL, "ready": True}, r.text
+    assert httpx.get(strict.http + f"/v2/models/{MODEL}", timeout=10).status_code == 401  # the rest still asks
+    client = tg.InferenceServerClient(strict.grpc)
+    assert client.is_model_ready(MODEL)
+    client.close()
+
+
+def test_grpc_contents_beside_raw_input_contents_is_refused(strict):
+    """An input given twice, typed `contents` and raw_input_contents, is INVALID_ARGUMENT, as Triton answers (one of
+    the two was silently used)."""
+    import grpc
+
+    req = raw_request(4096)
+    req.inputs[0].contents.bytes_contents.append(tiny_jpeg(200))
+    with pytest.raises(grpc.RpcError) as info:
+        grpc_infer(strict, req)
+    assert info.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert info.value.details() == "input 'data': 'contents' must not be given when the request uses raw_input_contents"
+
+
+def test_an_empty_outputs_list_returns_every_output(slow):
+    """`"outputs": []` names no output: every output is returned, as Triton does (it computed the request and
+    answered none)."""
+    import base64
+
+    body = {"inputs": [{"name": "data", "datatype": "BYTES", "shape": [1],
+                        "data": [base64.b64encode(tiny_jpeg(77)).decode()]}], "outputs": []}
+    r = httpx.post(slow.http + INFER, json=body, timeout=30)
+    assert r.status_code == 200, r.text
+    (out,) = r.json()["outputs"]
+    assert out["name"] == "prob" and out["shape"] == [1, 1000] and int(np.argmax(out["data"])) == 77
+
+
+def test_images_of_failed_requests_are_not_counted_as_inferences(slow, engine_log):
+    """Triton's inference_count counts the images of successful requests: a request whose deadline passes while its
+    batch runs fails (504) and is not one, though the execution counts."""
+    wait_idle(slow)
+    time.sleep(0.6)  # no batch from an earlier test still running
+    before, started = stats(slow), batches_started(engine_log)
+    body = {"inputs": [{"name": "data", "datatype": "BYTES", "shape": [1],
+                        "data": [{"b64": __import__("base64").b64encode(tiny_jpeg(5)).decode()}]}],
+            "parameters": {"timeout": 150_000}}
+    r = httpx.post(slow.http + INFER, json=body, timeout=30)
+    assert r.status_code == 504 and batches_started(engine_log) == started + 1  # it was in the engine
+    wait_for(lambda: stats(slow)["execution_count"] > before["execution_count"], "the batch never ended")
+    after = stats(slow)
+    assert after["inference_count"] == before["inference_count"], "the failed request's image counted"
+    assert after["execution_count"] == before["execution_count"] + 1
+    fails = lambda st: st["inference_stats"]["fail"]["count"]  # noqa: E731
+    assert fails(after) == fails(before) + 1
+    text = httpx.get(slow.http + "/metrics", timeout=10).text
+    assert metric(text, "nv_inference_count") == after["inference_count"]
+
+
+def test_a_busy_port_is_named_in_one_line():
+    """`effnet serve` on a port in use: one line naming the port and the flag (it said `[Errno 98] Address already in
+    use`)."""
+    from helpers import effnet_command, one_line
+
+    holder = socket.create_server(("127.0.0.1", 0))
+    port = holder.getsockname()[1]
+    try:
+        for protocol, flags, flag in (("HTTP", ["--http-port", str(port), "--no-grpc"], "--http-port"),
+                                      ("gRPC", ["--http-port", "0", "--grpc-port", str(port)], "--grpc-port")):
+            r = subprocess.run(effnet_command("serve", "--model", MODEL, "--weights", "random", "--backend", "torch",
+                                              *flags), capture_output=True, text=True, timeout=120)
+            assert r.returncode == 1 and r.stdout == "", (r.returncode, r.stdout, r.stderr)
+            assert one_line(r.stderr) == (f"effnet: error: cannot listen for {protocol} on 127.0.0.1:{port}: port "
+                                          f"{port} is in use (another server?); stop what uses it or choose another "
+                                          f"{flag} (0: any free port)")
+    finally:
+        holder.close()
+
+
+def test_the_serving_pixel_limit_is_documented_beside_classifys():
+    """serve refuses images over 50 MP by default while classify accepts about 179 MP (Pillow's limit): the README's
+    Serving section says so, with the default the command line really has."""
+    from effnet.cli import build_parser
+
+    default = build_parser().parse_args(["serve"]).max_pixels
+    readme = (Path(__file__).parents[1] / "README.md").read_text()
+    serving = readme.split("\n## Serving\n", 1)[1].split("\n## ", 1)[0]
+    sentence = next(s for s in serving.replace("\n", " ").split(". ") if "--max-pixels" in s)
+    assert f"{default:,}" in sentence and "179 MP" in sentence and "classify" in sentence, sentence

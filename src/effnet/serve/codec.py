@@ -261,6 +261,7 @@ def parse_http_request(body: bytes, header_length: str | None, limit: int, input
             oparams = _parameters(item.get("parameters"), f"output {name!r}: parameters")
             outputs.append(requested_output(name, oparams.get("binary_data"), oparams.get("classification")))
         check_outputs(outputs, len(raw_outputs))
+        outputs = outputs or None  # none named is every output, as in Triton (and as gRPC cannot tell apart)
     return InferRequest(rid, inputs, outputs, params, binary_output)
 
 

@@ -15,6 +15,7 @@ import numpy as np
 
 from ..contract import INPUT_NAME as INPUT
 from ..contract import OUTPUT_NAME as OUTPUT
+from ..errors import EffnetError
 from .codec import InferInput, InferRequest, check_outputs, check_shape, requested_output, unpack_bytes
 from .errors import ProtocolError, ServeError
 from .model import VERSION, ServedModel
@@ -40,6 +41,10 @@ def parse_grpc_request(req: pb.ModelInferRequest, limit: int) -> InferRequest:
     raw = len(req.raw_input_contents) > 0
     if raw and len(req.raw_input_contents) != len(req.inputs):
         raise ProtocolError(f"{len(req.raw_input_contents)} raw_input_contents for {len(req.inputs)} inputs")
+    for t in req.inputs:
+        if raw and t.HasField("contents"):  # which of the two is the input? Triton refuses the same way
+            raise ProtocolError(f"input {t.name!r}: 'contents' must not be given when the request uses "
+                                "raw_input_contents")
     if len(req.inputs) > 16:
         raise ProtocolError(f"{len(req.inputs)} inputs; the model has one")
     inputs = []
@@ -243,10 +248,10 @@ _METHODS = {
 
 
 def create_server(state: ServerState, host: str, port: int, max_message_bytes: int) -> tuple[grpc.aio.Server, int]:
-    """A grpc.aio server with the service registered under its standard name; returns (server, bound port)."""
-    size = max(max_message_bytes + (1 << 20), 4 << 20)
-    server = grpc.aio.server(options=[("grpc.max_receive_message_length", size),
-                                      ("grpc.max_send_message_length", size),
+    """A grpc.aio server with the service registered under its standard name; returns (server, bound port).
+    A request message over `max_message_bytes` is refused (RESOURCE_EXHAUSTED) as HTTP refuses such a body."""
+    server = grpc.aio.server(options=[("grpc.max_receive_message_length", max_message_bytes),
+                                      ("grpc.max_send_message_length", max(max_message_bytes, 4 << 20)),
                                       ("grpc.so_reuseport", 0)])
     service = InferenceService(state)
     handlers = {name: grpc.unary_unary_rpc_method_handler(getattr(service, name),
@@ -257,7 +262,12 @@ def create_server(state: ServerState, host: str, port: int, max_message_bytes: i
         service.ModelStreamInfer, request_deserializer=pb.ModelInferRequest.FromString,
         response_serializer=pb.ModelStreamInferResponse.SerializeToString)
     server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(SERVICE, handlers),))
-    bound = server.add_insecure_port(f"{host}:{port}" if ":" not in host else f"[{host}]:{port}")
+    where = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+    try:
+        bound = server.add_insecure_port(where)
+    except RuntimeError:  # "Failed to bind"
+        bound = 0
     if bound == 0:
-        raise OSError(f"cannot listen for gRPC on {host}:{port}")
+        raise EffnetError(f"cannot listen for gRPC on {where}; check host= and grpc_port= (0: any free port)",
+                          params=("host", "grpc_port"))
     return server, bound

@@ -23,12 +23,17 @@ from starlette.routing import Route
 from ..contract import INPUT_NAME as INPUT
 from . import metrics, openapi
 from .codec import HEADER_LENGTH, decompress, http_response, parse_http_request
-from .errors import ProtocolError, ServeError, TooLarge
+from .errors import Draining, ProtocolError, ServeError, TooLarge
 from .model import VERSION, ServedModel
 from .state import ServerState
 
 OFFLOAD_BYTES = 256 << 10  # bodies larger than this are parsed off the event loop
 OPEN = {"/v2/health/live", "/v2/health/ready", "/metrics", "/", "/favicon.ico"}  # no token needed
+
+
+def open_route(path: str) -> bool:
+    """Health (model readiness included, as over gRPC), metrics and the page need no token."""
+    return path in OPEN or (path.startswith("/v2/models/") and path.endswith("/ready"))
 
 
 def error(message: str, status: int, headers: dict[str, str] | None = None) -> Response:
@@ -116,7 +121,7 @@ async def live(request: Request) -> Response:
 async def ready(request: Request) -> Response:
     state = _state(request)
     if not state.ready:
-        return error("not ready" if state.live else "shutting down", 503)
+        return error("shutting down" if state.shutting_down else "not ready", 503)
     return ok({"ready": True})
 
 
@@ -129,9 +134,9 @@ async def model_metadata(request: Request) -> Response:
 
 
 async def model_ready(request: Request) -> Response:
-    m = _model(request)
-    if not _state(request).ready:
-        return error(f"model {m.name!r} is not ready", 503)
+    m, state = _model(request), _state(request)
+    if not state.ready:
+        return error(f"model {m.name!r} is not ready" + (": shutting down" if state.shutting_down else ""), 503)
     return ok({"name": m.name, "ready": True})
 
 
@@ -279,7 +284,7 @@ def create_app(state: ServerState, *, cors_origins: list[str] | None = None) -> 
                 Exception: _any_error}
     middleware = [Middleware(GuardMiddleware, state=state)]
     if cors_origins:
-        middleware.insert(0, Middleware(CORSMiddleware, allow_origins=cors_origins, allow_methods=["GET", "POST"],
+        middleware.insert(0, Middleware(JSONCORSMiddleware, allow_origins=cors_origins, allow_methods=["GET", "POST"],
                                         allow_headers=["Authorization", "Content-Type", "Content-Encoding",
                                                        HEADER_LENGTH],
                                         expose_headers=[HEADER_LENGTH, "Retry-After"], max_age=600))
@@ -288,9 +293,23 @@ def create_app(state: ServerState, *, cors_origins: list[str] | None = None) -> 
     return app
 
 
+class JSONCORSMiddleware(CORSMiddleware):
+    """Starlette's CORS, its refusals (a preflight from an origin, method or header not allowed) in JSON like
+    every other non-200."""
+
+    def preflight_response(self, request_headers) -> Response:
+        response = super().preflight_response(request_headers)
+        if response.status_code == 200:
+            return response
+        refused = bytes(response.body).decode().removeprefix("Disallowed CORS ")
+        headers = {k: v for k, v in response.headers.items() if k not in ("content-type", "content-length")}
+        return error(f"CORS preflight refused: {refused} not allowed", response.status_code, headers)
+
+
 class GuardMiddleware:
-    """Token check (every route but health, metrics and the static page) and a JSON 500 for anything that
-    escapes, as a plain ASGI middleware (it must not buffer bodies)."""
+    """Token check (every route but health, metrics and the static page), and a JSON 503 for a request that
+    the server's shutdown cancels before it has an answer, as a plain ASGI middleware (it must not buffer
+    bodies)."""
 
     def __init__(self, app, state: ServerState) -> None:
         self.app = app
@@ -299,7 +318,7 @@ class GuardMiddleware:
     async def __call__(self, scope, receive, send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        if self.state.token is not None and scope["path"] not in OPEN and scope["method"] != "OPTIONS":
+        if self.state.token is not None and not open_route(scope["path"]) and scope["method"] != "OPTIONS":
             auth = None
             for key, value in scope["headers"]:
                 if key == b"authorization":
@@ -308,4 +327,19 @@ class GuardMiddleware:
                 response = error("missing or wrong token: send 'Authorization: Bearer <token>'", 401,
                                  {"WWW-Authenticate": "Bearer"})
                 return await response(scope, receive, send)
-        await self.app(scope, receive, send)
+        started = False
+
+        async def watched_send(message) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, watched_send)
+        except asyncio.CancelledError:
+            # uvicorn cancels what is still running CLOSE_GRACE after the drain: answered here (uvicorn's own
+            # answer is a text/plain 500 and a traceback), and the task ends as it would have.
+            if started or not self.state.shutting_down:
+                raise
+            await failure(Draining("the server is shutting down: this request had no answer when it "
+                                   "closed"))(scope, receive, send)

@@ -7,6 +7,8 @@ engine off the event loop, so health answers, new requests are admitted or refus
 time while batches run. A streaming engine (OpenVINO) has room whenever one of its infer requests is free,
 so batches overlap and no stream waits for another's batch; other engines run one batch at a time.
 A request's caller waits on its own future with its own deadline; an answer computed too late is dropped.
+Stopping (a drain that ran out of time) answers every admitted request with the error given, and closing lets
+the engine end what it runs before the scheduler returns: no engine thread outlives it.
 """
 from __future__ import annotations
 
@@ -23,7 +25,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from ..backends.base import Backend, StreamingBackend
-from .errors import DeadlineExceeded, Draining, EngineFailed, Overloaded
+from .errors import DeadlineExceeded, Draining, EngineFailed, Overloaded, ServeError
 
 
 @dataclass
@@ -39,7 +41,7 @@ class Stats:
     compute_input_ns: int = 0
     compute_infer_ns: int = 0
     compute_output_ns: int = 0
-    inference_count: int = 0   # images
+    inference_count: int = 0   # images answered (Triton: those of successful requests only)
     execution_count: int = 0   # engine calls (batches)
     last_inference_ms: int = 0
     batch_sizes: dict[int, list[int]] = field(default_factory=dict)  # size -> [count, infer ns]
@@ -77,9 +79,12 @@ class Scheduler:
         self.in_flight = 0    # images handed to the engine and not yet answered
         self._streaming = isinstance(backend, StreamingBackend)
         self.queue: deque[Job] = deque()
+        self.running: set[tuple[Job, ...]] = set()  # batches in the engine
         self.accepting = True
+        self._stopped: ServeError | None = None  # set by stop(): what every unanswered request hears
         self._wake: asyncio.Event | None = None
         self._idle: asyncio.Event | None = None
+        self._engine_idle: asyncio.Event | None = None
         self._task: asyncio.Task | None = None
         self._own_executor = executor is None
         self._executor = executor or ThreadPoolExecutor(1, thread_name_prefix="effnet-engine")
@@ -89,33 +94,50 @@ class Scheduler:
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
+        self._engine_idle = asyncio.Event()
+        self._engine_idle.set()
         self._task = asyncio.create_task(self._run(), name="effnet-batcher")
 
-    async def drain(self, timeout: float) -> bool:
-        """Stop admitting; wait until everything admitted is answered (True) or `timeout` passes."""
-        self.accepting = False
+    async def idle(self) -> None:
+        """Until every admitted request is answered."""
         assert self._idle is not None
-        try:
-            await asyncio.wait_for(self._idle.wait(), timeout)
-            return True
-        except asyncio.TimeoutError:
-            return False
+        await self._idle.wait()
+
+    def stop(self, error: ServeError) -> int:
+        """Admit nothing more and answer every admitted request still waiting, queued or in the engine, with
+        `error`; requests still being decoded get it when they reach the queue. Returns how many were waiting."""
+        self.accepting = False
+        self._stopped = error
+        waiting = [*self.queue, *(j for batch in self.running for j in batch)]
+        self.queue.clear()
+        self._refuse(waiting)
+        if self._wake is not None:
+            self._wake.set()
+        return len(waiting)
+
+    def _refuse(self, jobs) -> None:
+        assert self._stopped is not None
+        for job in jobs:
+            if not job.future.done():
+                job.future.set_exception(type(self._stopped)(str(self._stopped)))
 
     async def close(self) -> None:
+        """Stop (if not already), then wait for the engine to end what it runs: a batch cannot be interrupted,
+        and an engine's threads (OpenVINO's infer requests) must not outlive the server."""
+        if self._stopped is None:
+            self.stop(Draining("the server is shutting down"))
         if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+            await self._task
+        if self._engine_idle is not None:
+            await self._engine_idle.wait()
         if self._own_executor:
-            self._executor.shutdown(wait=False, cancel_futures=True)
+            self._executor.shutdown(wait=True, cancel_futures=True)
 
     # ---- admission ----
     def admit(self) -> None:
         """Reserve a queue place before the (costly) decode; raises Overloaded or Draining."""
         if not self.accepting:
-            raise Draining("the server is shutting down")
+            raise Draining(str(self._stopped or "the server is shutting down"))
         if self.pending >= self.max_queue_size:
             raise Overloaded(f"the queue is full ({self.max_queue_size} requests); retry shortly")
         self.pending += 1
@@ -137,6 +159,8 @@ class Scheduler:
         loop = asyncio.get_running_loop()
         job = Job(crops, deadline, loop.create_future(), gone)
         try:
+            if self._stopped is not None:  # decoded after the server stopped
+                raise type(self._stopped)(str(self._stopped))
             self.queue.append(job)
             assert self._wake is not None
             self._wake.set()
@@ -159,13 +183,19 @@ class Scheduler:
         return self.max_batch_size if self.in_flight == 0 else 0
 
     async def _run(self) -> None:
-        assert self._wake is not None
+        """Batches into the engine until stop(); returns once the engine call it awaits has ended (a streaming
+        engine's batches may still run: close() waits for them)."""
+        assert self._wake is not None and self._engine_idle is not None
         loop = asyncio.get_running_loop()
-        while True:
-            while not self.queue or not self._room():
+        while self._stopped is None:
+            if not self.queue or not self._room():
                 self._wake.clear()
                 await self._wake.wait()
+                continue
             batch = await self._gather(min(self.max_batch_size, self._room()))
+            if self._stopped is not None:  # stopped while the batch formed
+                self._refuse(batch)
+                break
             if not batch:
                 continue
             crops = batch[0].crops if len(batch) == 1 else np.concatenate([j.crops for j in batch])
@@ -173,46 +203,55 @@ class Scheduler:
             for j in batch:
                 self.stats.queue_count += 1
                 self.stats.queue_ns += now_ns - j.enqueued_ns
+            running = tuple(batch)
+            self.running.add(running)
             self.in_flight += len(crops)
+            self._engine_idle.clear()
             if self._streaming:
-                def done(probs, error, batch=batch, started=now_ns):  # an engine thread: hand over to the loop
-                    with contextlib.suppress(RuntimeError):  # the loop closed after a drain timeout
+                def done(probs, error, batch=running, started=now_ns):  # an engine thread: hand over to the loop
+                    with contextlib.suppress(RuntimeError):  # the loop is closed: nobody waits (close() was skipped)
                         loop.call_soon_threadsafe(self._finish, batch, probs, error, started)
                 try:
                     await loop.run_in_executor(self._executor, self.backend.submit, crops, done)
                 except Exception as exc:  # noqa: BLE001 - the executor is gone (shutdown): `done` never comes
-                    self._finish(batch, None, exc, now_ns)
+                    self._finish(running, None, exc, now_ns)
                 continue
             try:
                 probs = await loop.run_in_executor(self._executor, self.backend.predict, crops)
             except Exception as exc:  # noqa: BLE001 - reported to each caller, the server goes on
-                self._finish(batch, None, exc, now_ns)
+                self._finish(running, None, exc, now_ns)
             else:
-                self._finish(batch, probs, None, now_ns)
+                self._finish(running, probs, None, now_ns)
 
-    def _finish(self, batch: list[Job], probs: np.ndarray | None, error: BaseException | None,
+    def _finish(self, batch: tuple[Job, ...], probs: np.ndarray | None, error: BaseException | None,
                 started_ns: int) -> None:
         images = sum(len(j.crops) for j in batch)
+        self.running.discard(batch)
         self.in_flight -= images
-        assert self._wake is not None
+        assert self._wake is not None and self._engine_idle is not None
+        if self.in_flight == 0:
+            self._engine_idle.set()
         self._wake.set()
         if error is not None:
             for j in batch:
                 if not j.future.done():
                     j.future.set_exception(EngineFailed(f"the engine failed: {error}"))
             return
-        self._account(images, time.perf_counter_ns() - started_ns)
         probs = np.asarray(probs, dtype=np.float32)
-        start = 0
+        start, answered = 0, 0
         for j in batch:
             n = len(j.crops)
-            if not j.future.done():
+            if not j.future.done():  # not expired, cancelled or stopped meanwhile
                 j.future.set_result(probs[start:start + n])
+                answered += n
             start += n
+        self._account(images, answered, time.perf_counter_ns() - started_ns)
 
-    def _account(self, images: int, infer_ns: int) -> None:
+    def _account(self, images: int, answered: int, infer_ns: int) -> None:
+        """An engine call of `images` that ended well, `answered` of them for requests still waiting: Triton counts
+        only those as inferences; the execution and its batch size count either way."""
         s = self.stats
-        s.inference_count += images
+        s.inference_count += answered
         s.execution_count += 1
         s.compute_infer_ns += infer_ns
         s.last_inference_ms = int(time.time() * 1000)
@@ -279,9 +318,10 @@ class MainThreadExecutor(Executor):
         self._jobs.put((future, fn, args, kwargs))
         return future
 
-    def run(self) -> None:
-        """Serve calls until `shutdown`; returns every 0.1 s to Python so that signal handlers run."""
-        while not self._closed.is_set() or not self._jobs.empty():
+    def run(self, while_alive: threading.Thread | None = None) -> None:
+        """Serve calls until `shutdown`, or until `while_alive` (the thread that submits them) has ended, whether
+        or not it called `shutdown`; returns to Python every 0.1 s so that signal handlers run."""
+        while not self._closed.is_set() and (while_alive is None or while_alive.is_alive()):
             try:
                 future, fn, args, kwargs = self._jobs.get(timeout=0.1)
             except queue.Empty:
@@ -292,6 +332,18 @@ class MainThreadExecutor(Executor):
                 future.set_result(fn(*args, **kwargs))
             except BaseException as exc:  # noqa: BLE001 - handed to the waiting coroutine
                 future.set_exception(exc)
+        self.shutdown(cancel_futures=True)  # nobody runs calls from now on, nor waits for those left
 
     def shutdown(self, wait: bool = True, *, cancel_futures: bool = False) -> None:
+        """No more calls; with `cancel_futures`, calls not yet started are cancelled (the one running ends)."""
         self._closed.set()
+        if cancel_futures:
+            self._cancel_queued()
+
+    def _cancel_queued(self) -> None:
+        while True:
+            try:
+                future, *_ = self._jobs.get_nowait()
+            except queue.Empty:
+                return
+            future.cancel()

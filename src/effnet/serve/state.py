@@ -18,7 +18,7 @@ class ServerState:
         self.max_request_bytes = max_request_bytes
         self.token = token
         self.ready = False
-        self.live = True
+        self.shutting_down = False  # from the first SIGTERM (Server.stop) on
 
     def model(self, name: str, version: str | None = None) -> ServedModel:
         m = self.models.get(name)
@@ -29,11 +29,13 @@ class ServerState:
         return m
 
     def authorized(self, header: str | None) -> bool:
+        """`Bearer <token>`, the scheme in any case (RFC 7235 section 2.1)."""
         if self.token is None:
             return True
-        if not header or not header.startswith("Bearer "):
+        scheme, _, credentials = (header or "").strip().partition(" ")
+        if scheme.lower() != "bearer":
             return False
-        return hmac.compare_digest(header[7:].strip().encode(), self.token.encode())
+        return hmac.compare_digest(credentials.strip().encode(), self.token.encode())
 
     def server_metadata(self) -> dict[str, Any]:
         return {"name": "effnet", "version": __version__, "extensions": EXTENSIONS}
