@@ -303,3 +303,33 @@ def test_output_folder_that_holds_other_files_is_refused_before_any_work(job, tm
     (tmp_path / "out" / "_SUCCESS").write_text("")  # what Spark leaves: readers skip `_` names
     assert done.classified == 4 and run_batch([photos], tmp_path / "out", **MODEL, top=TOP).nothing_to_do
 
+
+def test_random_weights_are_one_network_in_every_process(job, tmp_path):
+    """`--weights random` is seeded: two processes compute the same network, so a resumed random job gives
+    exactly the rows of an uninterrupted one, and its identity records the seed."""
+    import subprocess
+
+    from helpers import effnet_command, effnet_env
+
+    root, files, _ = job
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for f in files[:6:2]:
+        shutil.copy(f, photos)
+    argv = ["batch", photos, "--model", MODEL["model"], "--weights", "random", "--backend", "torch", "--shard-size",
+            "1", "--top", "5"]
+
+    def run(output):
+        done = subprocess.run(effnet_command(*argv, "--output", output), env=effnet_env(tmp_path / "home"),
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+
+    run(tmp_path / "whole")
+    shutil.copytree(tmp_path / "whole", tmp_path / "resumed")
+    for shard in ("part-000000-of-000003.parquet", "part-000002-of-000003.parquet"):
+        (tmp_path / "resumed" / shard).unlink()  # as if the first process had stopped after shard 1
+    run(tmp_path / "resumed")  # another process, another random initialisation: the same seed
+    whole, resumed = (read_dataset(tmp_path / d).to_pylist() for d in ("whole", "resumed"))
+    assert resumed == whole and all(r["probabilities"] for r in whole)
+    identity = json.loads((tmp_path / "resumed" / IDENTITY_FILE).read_text())
+    assert identity["weights_sha256"] is None and identity["weights_seed"] == 0

@@ -55,7 +55,8 @@ def compile_network(network: nn.Module, device: torch.device, batch_sizes: tuple
     sizes = ", ".join(map(str, batch_sizes))
     log.info("compiling the network for %s at batch size%s %s (%s)", device, "s" if len(batch_sizes) > 1 else "",
              sizes, "reusing compiled code from the cache" if loaded else
-             "B7: about a minute per size the first time; later runs reuse it")
+             "B7: about a minute per size the first time; later runs reuse it" if cache_file is not None else
+             "B7: about a minute per size; random weights: not kept, every run compiles again")
     options = {"freezing": True, "triton.cudagraphs": cuda}
     compiled = torch.compile(network, dynamic=False, options=options)
     try:
