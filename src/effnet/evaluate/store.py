@@ -28,7 +28,6 @@ row and two runs sharing a column never interleave; a line or row torn by a kill
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import itertools
 import json
@@ -228,6 +227,8 @@ class ResultStore:
     @contextlib.contextmanager
     def _locked(self, fd: int | None = None) -> Iterator[None]:
         """The folder's lock (flock on results.jsonl): held while a row and its line are written or repaired."""
+        import fcntl
+
         own = fd is None
         if own:
             fd = os.open(self.results_file, os.O_RDWR | os.O_CREAT, 0o644)
