@@ -2,6 +2,8 @@
 a real process (as root, or as the unprivileged user `nobody`, for whom file permissions really apply)."""
 from __future__ import annotations
 
+import atexit
+import functools
 import os
 import shutil
 import stat
@@ -55,9 +57,32 @@ def effnet_env(home: Path, **extra: str) -> dict[str, str]:
     return env
 
 
+@functools.cache
 def can_drop_privileges() -> bool:
-    """Whether tests can run a process as `nobody`: they run as root, and setpriv is installed."""
-    return hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("setpriv") is not None
+    """Whether tests can run effnet as `nobody`: they run as root, setpriv is installed, and `nobody` can run
+    this Python with its packages (a virtual environment inside a private home folder is out of its reach;
+    effnet itself is copied where `nobody` reads it, see nobody_pythonpath)."""
+    if not (hasattr(os, "geteuid") and os.geteuid() == 0 and shutil.which("setpriv") is not None):
+        return False
+    probe = subprocess.run([*NOBODY, sys.executable, "-c", "import numpy, PIL"], capture_output=True, timeout=120)
+    return probe.returncode == 0
+
+
+@functools.cache
+def nobody_pythonpath() -> Path:
+    """A copy of the effnet package under test in a folder `nobody` can read, removed when the tests end.
+
+    The clone may lie under a private home folder (mode 700 or 750, the default on many systems): `nobody`
+    cannot enter it, and its Python would skip that PYTHONPATH entry and fail to find effnet, or import
+    another installation of it."""
+    import effnet
+
+    root = Path(tempfile.mkdtemp(prefix="effnet-code-"))
+    atexit.register(shutil.rmtree, root, True)
+    shutil.copytree(Path(effnet.__file__).parent, root / "effnet", ignore=shutil.ignore_patterns("__pycache__"))
+    for path in [root, *root.rglob("*")]:
+        path.chmod(0o755 if path.is_dir() else 0o644)
+    return root
 
 
 @contextmanager
@@ -79,7 +104,9 @@ def run_effnet(*args: str, home: Path, as_nobody: bool = False, timeout: float =
     """Run `effnet args...` to the end and capture its output (text)."""
     command = (NOBODY if as_nobody else []) + effnet_command(*args)
     env = effnet_env(home)
-    if as_nobody:  # a user's own writable home (OpenVINO keeps its telemetry id there)
+    if as_nobody:  # the code under test where `nobody` reads it, and a user's own writable home (OpenVINO
+        # keeps its telemetry id there)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(nobody_pythonpath()), env.get("PYTHONPATH")]))
         user_home = Path(tempfile.mkdtemp(prefix="home-", dir=home.parent))
         os.chown(user_home, 65534, 65534)
         env["HOME"] = str(user_home)

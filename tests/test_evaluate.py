@@ -19,13 +19,13 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from effnet.cache_layout import RESULTS_FILE
 from effnet.calibration import calibration_set
 from effnet.classifier import Classifier
 from effnet.datasets import Dataset, Layout, Sample, load_dataset
 from effnet.errors import DatasetError, EffnetError
-from effnet.evaluate import (Configuration, Evaluation, content_sha256, eval_engines, evaluate, run_directory,
-                             wilson_interval)
+from effnet.contract import num_classes
+from effnet.evaluate import (Configuration, Evaluation, column_directory, content_sha256, eval_engines, evaluate,
+                             open_stores, wilson_interval)
 from effnet.labels import imagenet_wnids
 from effnet.resolved import resolve
 
@@ -81,9 +81,13 @@ def classifier(lite0_weights) -> Classifier:
     return Classifier(MODEL, lite0_weights, backend="torch", precision="fp32", device="cpu", batch_size=2)
 
 
-def run_with(dataset, classifier, results=None, others=()):
-    """One decoder (the checker's) and the classifier's backend, beside `others`, as `effnet eval` runs them."""
-    return Evaluation(dataset, classifier.resolved, [classifier.backend, *others], results, batch_size=2)
+def run_with(dataset, classifier, resume_dir=None, others=()):
+    """One decoder (the checker's) and the classifier's backend, beside `others`, as `effnet eval` runs them,
+    each column's results in its folder under `resume_dir` (None: memory only)."""
+    backends = [classifier.backend, *others]
+    columns = [Configuration(b.name, b.precision, b.device) for b in backends]
+    stores = open_stores(resume_dir, classifier.resolved, columns, dataset, num_classes())
+    return Evaluation(dataset, classifier.resolved, backends, stores, batch_size=2)
 
 
 @pytest.fixture
@@ -146,14 +150,14 @@ def test_loc_csv_finds_images_in_the_kaggle_tree(tmp_path, photo_files):
 
 def test_interrupted_run_resumes_without_counting_twice(annotated, classifier, tmp_path):
     dataset = load_dataset(annotated)
-    results = tmp_path / RESULTS_FILE
-    first = run_with(dataset, classifier, results)
+    first = run_with(dataset, classifier, tmp_path)
+    results = first.results_file
     run = first.run()
     done = list(itertools.islice(run, 3))  # "Ctrl-C" after three images
     run.close()
     assert len(results.read_text().splitlines()) == 3 == len(done)
 
-    second = run_with(dataset, classifier, results)
+    second = run_with(dataset, classifier, tmp_path)
     assert len(second.pending()) == 6 - 3
     for _ in second.run():
         pass
@@ -163,7 +167,7 @@ def test_interrupted_run_resumes_without_counting_twice(annotated, classifier, t
     keys = [json.loads(line)["image"] for line in results.read_text().splitlines()]
     assert sorted(keys) == sorted(s.key for s in dataset.samples)  # each image stored exactly once
 
-    third = run_with(dataset, classifier, results)  # everything stored: nothing to do, same totals
+    third = run_with(dataset, classifier, tmp_path)  # everything stored: nothing to do, same totals
     assert third.pending() == [s for s in dataset.samples if s.key.endswith("broken.JPEG")]  # failures are retried
     assert list(third.run())[0]["image"].endswith("broken.JPEG")
     again = third.result()
@@ -172,11 +176,13 @@ def test_interrupted_run_resumes_without_counting_twice(annotated, classifier, t
 
 def test_torn_and_duplicate_lines_are_harmless(annotated, classifier, tmp_path):
     dataset = load_dataset(annotated)
-    results = tmp_path / RESULTS_FILE
-    lines = [json.dumps(r) for r in itertools.islice(run_with(dataset, classifier, results).run(), 2)]
+    first = run_with(dataset, classifier, tmp_path)
+    results = first.results_file
+    list(itertools.islice(first.run(), 2))
+    lines = results.read_text().splitlines()
     # A duplicated line (say, two runs racing) and a line torn by a kill in the middle of a write.
     results.write_text("\n".join([*lines, lines[-1]]) + "\n" + lines[0][: len(lines[0]) // 2])
-    evaluation = run_with(dataset, classifier, results)
+    evaluation = run_with(dataset, classifier, tmp_path)
     assert len(evaluation.pending()) == 4 + sum("error" in json.loads(x) for x in lines)
     for _ in evaluation.run():
         pass
@@ -202,29 +208,82 @@ def test_evaluate_twice_reuses_the_run_folder(annotated, lite0_weights, tmp_path
     assert relabelled.top1 == 20.0
 
 
-def test_run_folder_is_keyed_by_everything_that_changes_results(lite0_weights, tmp_path, photo_files):
+def test_column_folder_is_keyed_by_everything_that_changes_its_results(lite0_weights, tmp_path, photo_files):
     lite0 = resolve(MODEL, lite0_weights)
-    base = run_directory(tmp_path, lite0, [Configuration()])
-    assert base == run_directory(tmp_path, lite0, [Configuration()])
-    # "imagenet" for Lite0 is served by the same file: the same weights, by sha256, the same run.
-    assert base == run_directory(tmp_path, resolve(MODEL, "imagenet"), [Configuration()])
+    base = column_directory(tmp_path, lite0, Configuration())
+    assert base == column_directory(tmp_path, lite0, Configuration())
+    # "imagenet" for Lite0 is served by the same file: the same weights, by sha256, the same column.
+    assert base == column_directory(tmp_path, resolve(MODEL, "imagenet"), Configuration())
     calibration = [tmp_path / "cal-a", tmp_path / "cal-b"]
     for folder, photo in zip(calibration, ("coffee", "camera")):
         folder.mkdir()
         shutil.copy(photo_files[photo], folder / "1.jpg")  # same names, other content
-    int8 = [Configuration("openvino", "int8")]
+    int8 = Configuration("openvino", "int8")
     others = {
-        run_directory(tmp_path, resolve("efficientnet_b0", lite0_weights), [Configuration()]),
-        run_directory(tmp_path, resolve(MODEL, None), [Configuration()]),
-        run_directory(tmp_path, resolve(MODEL, None), [Configuration()]),  # random weights: never the same
-        run_directory(tmp_path, lite0, [Configuration("onnxruntime")]),
-        run_directory(tmp_path, lite0, [Configuration("torch", "bf16")]),
-        run_directory(tmp_path, lite0, [Configuration(), Configuration("openvino")]),
-        run_directory(tmp_path, lite0, int8, calibration_set(calibration[0])),
-        run_directory(tmp_path, lite0, int8, calibration_set(calibration[1])),
+        column_directory(tmp_path, resolve("efficientnet_b0", lite0_weights), Configuration()),
+        column_directory(tmp_path, lite0, Configuration("onnxruntime")),
+        column_directory(tmp_path, lite0, Configuration("torch", "bf16")),
+        column_directory(tmp_path, lite0, Configuration("openvino")),
+        column_directory(tmp_path, lite0, Configuration("torch", "fp32", "cuda:0")),
+        column_directory(tmp_path, lite0, int8, calibration_set(calibration[0])),
+        column_directory(tmp_path, lite0, int8, calibration_set(calibration[1])),
     }
-    assert base not in others and len(others) == 8
-    assert run_directory(tmp_path, lite0, int8, calibration_set(calibration[0])) in others  # the same images
+    assert base not in others and len(others) == 7
+    assert column_directory(tmp_path, lite0, int8, calibration_set(calibration[0])) in others  # the same images
+    # The calibration set keys int8 columns only: an fp32 column is the same folder beside any int8 one.
+    assert column_directory(tmp_path, lite0, Configuration(), calibration_set(calibration[0])) == base
+    with pytest.raises(ValueError, match="random weights"):  # never stored, so never keyed
+        column_directory(tmp_path, resolve(MODEL, None), Configuration())
+
+
+def test_each_column_is_stored_and_reused_on_its_own(annotated, lite0_weights, tmp_path):
+    """Adding a column runs only that column; reordering the columns runs nothing (issue: the store was keyed by
+    the whole column set, so either recomputed the reference column over the whole dataset)."""
+    fp32, bf16 = (eval_engines(["torch"], [p], device="cpu")[0] for p in ("fp32", "bf16"))
+    kwargs = dict(model=MODEL, weights=lite0_weights, batch_size=2, resume_dir=tmp_path / "runs")
+    alone = evaluate(annotated, engines=[fp32], **kwargs)
+    assert (alone.count, alone.evaluated_now, alone.configurations[0].computed) == (COUNT, COUNT, COUNT)
+    reference = alone.results_file
+    predictions = [line for line in reference.read_text().splitlines() if '"row"' in line]
+
+    both = evaluate(annotated, engines=[fp32, bf16], **kwargs)
+    ref, new = both.configurations
+    assert (ref.computed, ref.reused, new.computed, new.reused) == (0, COUNT, COUNT, 0)  # only bf16 ran
+    assert ref.results_file == reference and new.results_file.parent != reference.parent
+    assert [line for line in reference.read_text().splitlines() if '"row"' in line] == predictions  # untouched
+    assert (ref.top1, ref.top5) == (TOP1, TOP5) and both.evaluated_now == COUNT
+    [agreement] = both.agreement
+    assert 0.0 < agreement.max_abs_dprob < 0.1  # bf16 against fp32: close, not equal, from the stored vector
+    assert "Stored results reused: torch fp32 5." in both.to_markdown()
+    assert both.to_dict()["configurations"][0]["reused"] == COUNT
+
+    swapped = evaluate(annotated, engines=[bf16, fp32], **kwargs)  # the other column as the reference
+    assert swapped.evaluated_now == 0 and [c.computed for c in swapped.configurations] == [0, 0]
+    [back] = swapped.agreement
+    assert (back.top1, back.max_abs_dprob) == (agreement.top1, agreement.max_abs_dprob)
+    # What a column costs per image: the float32 probabilities of the 1000 classes, and one short JSON line.
+    assert reference.with_name("probs.f32").stat().st_size == COUNT * 4 * 1000
+    assert max(len(line) for line in predictions) < 200
+
+
+def test_unwritable_cache_keeps_eval_results_in_memory_with_one_line(annotated, lite0_weights, tmp_path, capsys,
+                                                                     monkeypatch):
+    from effnet.cli import main
+    from effnet.errors import OutputError
+
+    home = tmp_path / "home"
+    home.write_text("EFFNET_HOME is a file, not a folder")
+    monkeypatch.setenv("EFFNET_HOME", str(home))
+    argv = ["eval", "--model", MODEL, "--weights", str(lite0_weights), "--backend", "torch", "--json", str(annotated)]
+    assert main(argv) == 0
+    captured = capsys.readouterr()
+    out = json.loads(captured.out)
+    assert (out["count"], out["top1"], out["top5"], out["results_file"]) == (COUNT, TOP1, TOP5, None)
+    assert captured.err.splitlines() == [
+        f"effnet: cannot keep eval results in {home / 'eval'} (not a directory); this run keeps them in memory "
+        "only: give --resume-dir DIR to keep them elsewhere"]
+    with pytest.raises(OutputError, match=r"cannot write to resume_dir=.*: not a directory; give a writable folder"):
+        evaluate(annotated, model=MODEL, weights=lite0_weights, resume_dir=home / "runs")  # named: must work
 
 
 # ---- results you can trust: the content of every image is part of the key ------------------------
@@ -322,7 +381,7 @@ class UniformBackend:
 
 
 def test_configurations_run_in_lockstep_with_agreement(annotated, classifier, lite0_weights, tmp_path):
-    both = run_with(load_dataset(annotated), classifier, tmp_path / RESULTS_FILE, [UniformBackend()])
+    both = run_with(load_dataset(annotated), classifier, tmp_path, [UniformBackend()])
     records = list(both.run())
     result = both.result()
     torch_cfg, uniform = result.configurations
@@ -345,7 +404,9 @@ def test_torch_and_onnxruntime_agree_on_the_photos(annotated, lite0_weights, tmp
     assert [(c.count, c.top1, c.top5) for c in result.configurations] == [(COUNT, TOP1, TOP5)] * 2
     [agreement] = result.agreement
     assert agreement.top1 == 100.0 and agreement.max_abs_dprob < 1e-4
-    assert result.results_file.parent.name.startswith("efficientnet_lite0-torch-fp32+onnxruntime-fp32-")
+    folders = [c.results_file.parent.name for c in result.configurations]  # a folder per column
+    assert folders[0].startswith("efficientnet_lite0-torch-fp32-") and folders[1].startswith(
+        "efficientnet_lite0-onnxruntime-fp32-")
 
 
 def test_configurations_are_backend_by_precision_pairs_an_engine_runs(photo_files):

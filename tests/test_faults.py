@@ -25,7 +25,8 @@ import pytest
 from helpers import (NOBODY, can_drop_privileges, effnet_command, effnet_env, one_line, public_folder,
                      run_effnet)
 
-needs_nobody = pytest.mark.skipif(not can_drop_privileges(), reason="needs root and setpriv to run as nobody")
+needs_nobody = pytest.mark.skipif(not can_drop_privileges(),
+                                  reason="needs root, setpriv, and a Python that nobody can run, to run as nobody")
 
 
 @pytest.fixture

@@ -7,7 +7,8 @@ each part and `effnet cache`, which lists and prunes them, all take the folder n
                           with `complete` written last; `.<key>.*` folders are builds in progress or killed
     openvino/<blob>       OpenVINO's compiled-model cache (backends/openvino_backend.py)
     torch-compiled/<key>  torch.compile's products for a GPU (or CPU) engine (backends/torch_compile.py)
-    eval/<run>/           resumable `effnet eval` runs: run.json (the run's identity) and results.jsonl
+    eval/<run>/           resumable `effnet eval` results, a folder per column: run.json (its identity),
+                          results.jsonl and probs.f32 (evaluate/store.py)
     digests.json          sha256 of weights files by their identity (weights.file_sha256)
 """
 from __future__ import annotations

@@ -83,8 +83,13 @@ class WeightsEntry:
         return len(self.sha256) < 64
 
     def matches(self, digest: str) -> bool:
-        """Whether a full hex sha256 digest is the one this entry expects."""
+        """Whether a full hex sha256 digest is the one this entry expects of the file at `url`."""
         return digest.lower().startswith(self.sha256)
+
+    def official(self, digest: str) -> bool:
+        """Whether a file with this full sha256 holds these official weights: the file at `url`, or the
+        packaged copy `weights="imagenet"` uses when that file is not cached."""
+        return self.matches(digest) or (self.packaged is not None and digest.lower() == self.packaged.sha256)
 
     def describe_hash(self) -> str:
         """The expected digest in words, for messages."""
@@ -98,6 +103,9 @@ class WeightsEntry:
 # tf_efficientnet_lite*.in1k); its `_cfg` defaults are crop_pct 0.875, bicubic, ImageNet mean/std.
 # Sizes without a full hash: timm docs model-index "File Size" (docs/models/tf-efficientnet*.md,
 # written at timm commit 9a25fdf when these names pointed at these files); unverified, informational.
+# Hashes: full sha256 for B5 and B7 (OMZ model.yml) and the PyPI Lite0 file (computed from the installed file);
+# B0-B4, B6 and Lite0-4's timm files are checked by the 8 hex digits timm puts in their names (as torch.hub's
+# check_hash does): no full digest is published, and the files could not be fetched where this was written.
 _RELEASE = "https://github.com/rwightman/pytorch-image-models/releases/download/v0.1-weights/"
 _INCEPTION = (127.5, 127.5, 127.5)  # timm mean=std=(0.5, 0.5, 0.5) in 0-255 units (TF Lite ports)
 

@@ -68,8 +68,9 @@ class ResolvedModel:
 
     @property
     def official_weights(self) -> bool:
-        """Whether the weights are the registry's file (by content, wherever the file came from)."""
-        return self.weights_sha256 is not None and self.entry.matches(self.weights_sha256)
+        """Whether the weights are the registry's official ones (its file or the packaged copy, by content,
+        wherever the file came from)."""
+        return self.weights_sha256 is not None and self.entry.official(self.weights_sha256)
 
     def create_model(self, input_size: int | tuple[int, int] | None = None) -> EfficientNet:
         """An eval-mode EfficientNet (logits) with these weights; `input_size` fixes its SAME pads."""

@@ -67,7 +67,8 @@ class CompiledNetwork:
             return not self.broken
         log.info("compiling the network for %s at batch size %d (%s)", self.device, size,
                  "reusing compiled code from the cache" if self.cached else
-                 "B7: about a minute the first time; later runs reuse it")
+                 "B7: about a minute the first time; later runs reuse it" if self.cache_file is not None else
+                 "B7: about a minute; random weights: not kept, every run compiles again")
         try:
             x = torch.zeros((size, self.input_size, self.input_size, 3), dtype=torch.uint8, device=self.device)
             with torch.inference_mode(), self.context():

@@ -26,11 +26,15 @@ class InputError(EffnetError):
 
 @dataclass(frozen=True)
 class Inputs:
-    """The job's inputs in order: `uris` (absolute paths, or URIs as given) and, from manifests, `ids`."""
+    """The job's inputs in order: `uris` (absolute paths, or URIs as given) and, from manifests, `ids`.
+
+    A folder entry that cannot be listed (a link loop, a path too long, a folder without permission) is an
+    input like the others, at its sorted place, with its answer known already: `unlisted` maps its position
+    to the error its row carries, so the job counts it as failed, as classify does."""
 
     uris: list[str]
     ids: list[str | None]
-    skipped: list[str]  # folder entries that could not be looked at ("path: reason")
+    unlisted: dict[int, str]  # position -> "cannot list PATH: reason"
 
     @property
     def has_ids(self) -> bool:
@@ -61,14 +65,15 @@ def _entry(text: str, base: Path | None = None) -> str:
 
 
 def collect_inputs(given: list[str | os.PathLike]) -> Inputs:
-    """Expand the command line's INPUTs in order: a folder -> its images (effnet's folder rules, sorted),
+    """Expand the command line's INPUTs in order: a folder -> its images and the entries that cannot be
+    listed (effnet's folder rules, sorted; see Inputs),
     `*.txt|.lst|.list` -> one path or URI a line (relative paths are relative to the list's folder; blank
     lines and lines starting with '#' are ignored), `*.parquet` -> its `uri` column (and `id`, if any),
     anything else -> one image (path or URI). Lists and manifests are local paths; given as URIs they
     are refused (InputError), not classified as one broken image."""
     uris: list[str] = []
     ids: list[str | None] = []
-    skipped: list[str] = []
+    unlisted: dict[int, str] = {}
     for item in given:
         text = os.fspath(item)
         if is_uri(text):
@@ -85,9 +90,12 @@ def collect_inputs(given: list[str | os.PathLike]) -> Inputs:
 
             found: list = []
             files = image_files(path, skipped=found)
-            skipped.extend(f"{s.path}: {s.reason}" for s in found)
-            uris.extend(os.path.abspath(f) for f in files)
-            ids.extend([None] * len(files))
+            for entry, reason in sorted([(f, None) for f in files] + [(s.path, s.reason) for s in found],
+                                        key=lambda pair: pair[0]):
+                if reason is not None:
+                    unlisted[len(uris)] = f"cannot list {os.path.abspath(entry)}: {reason}"
+                uris.append(os.path.abspath(entry))
+                ids.append(None)
         elif path.suffix.lower() in LIST_SUFFIXES:
             try:
                 lines = path.read_text(encoding="utf-8").splitlines()
@@ -109,7 +117,7 @@ def collect_inputs(given: list[str | os.PathLike]) -> Inputs:
             if id_ in seen:
                 raise InputError(f"id {id_!r} appears more than once in the manifests; ids must be unique")
             seen.add(id_)
-    return Inputs(uris, ids, skipped)
+    return Inputs(uris, ids, unlisted)
 
 
 def read_manifest(path: Path) -> tuple[list[str], list[str | None]]:

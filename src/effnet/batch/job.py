@@ -2,6 +2,7 @@
 local stream, or Ray Data actors) -> shard files written exactly once -> a summary."""
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import os
@@ -23,8 +24,9 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class Summary:
-    """What a run did: `classified` and `failed` now, `skipped` inputs already done by an earlier run
-    (`skipped_failed` of them had failed). `nodes`: rows this run classified per node (Ray node id or host)."""
+    """What a run did: `classified` and `failed` now (an input that could not be read, decoded or even listed
+    has failed), `skipped` inputs already done by an earlier run (`skipped_failed` of them had failed).
+    `nodes`: rows this run classified per node (Ray node id or host)."""
 
     output: str
     total: int
@@ -59,8 +61,8 @@ def run_batch(inputs: list[str | os.PathLike], output: str | os.PathLike, *,
     batch_size = batch_size or (engine.batch_size if engine else None)
     check_request(output, runner, top, batch_size or 1, shard_size)
     listed = list_inputs(inputs)
-    for entry in listed.skipped:
-        log.warning("skipped %s", entry)
+    for error in listed.unlisted.values():  # before the model loads: a person sees at once what will fail
+        log.warning("%s (its row carries the error)", error)
     if engine is None:  # a missing engine or GPU fails before any download; Ray's nodes check their own GPUs
         engine = resolve_engine(backend, precision, device=device, local=runner == "local",
                                 options=EngineOptions(batch_sizes=_sizes(batch_size)))
@@ -80,18 +82,19 @@ def run_batch(inputs: list[str | os.PathLike], output: str | os.PathLike, *,
             summary.nothing_to_do = True
             log.info("nothing to do: all %d inputs in %s are already done", plan.total, output)
             return summary
-        items = plan.items(pending)
+        items, unlisted = plan.items(pending), plan.unlisted_rows(pending)
         progress = progress or NoProgress()
-        progress.start(len(items))
+        progress.start(len(items) + len(unlisted))
         try:
-            if runner == "local":
+            rows: Iterator[tuple[Row, str | None]] = iter([])
+            if items and runner == "local":
                 rows = local_rows(resolved, engine, batch_size, top, items, decode)
-            else:
+            elif items:
                 from .ray_runner import ray_rows
 
                 rows = ray_rows(resolved, engine, batch_size, top, items, decode, address=ray_address,
                                 workers=workers, cpus_per_worker=cpus_per_worker)
-            _write_shards(store, rows, plan, summary, progress)
+            _write_shards(store, itertools.chain(((row, None) for row in unlisted), rows), plan, summary, progress)
         finally:
             progress.close()
     return summary
@@ -115,9 +118,10 @@ def local_rows(resolved: ResolvedModel, engine: EngineChoice, batch_size: int, t
         yield row, host
 
 
-def _write_shards(store: Store, rows: Iterator[tuple[Row, str]], plan: JobPlan, summary: Summary,
+def _write_shards(store: Store, rows: Iterator[tuple[Row, str | None]], plan: JobPlan, summary: Summary,
                   progress: Progress) -> None:
-    """Collect rows per shard (runners may answer out of order) and write each shard once it is whole."""
+    """Collect rows per shard (runners may answer out of order) and write each shard once it is whole. A row's
+    node is the Ray node or host that classified it; None for an input that could not be listed."""
     buffers: dict[int, dict[int, Row]] = {}
     nodes: dict[int, Counter] = {}
     written: set[int] = set()
@@ -127,7 +131,9 @@ def _write_shards(store: Store, rows: Iterator[tuple[Row, str]], plan: JobPlan, 
         if k in written or row.position in buffers.get(k, ()):  # a retried batch: the first answer stands
             continue
         buffers.setdefault(k, {})[row.position] = row
-        nodes.setdefault(k, Counter())[node] += 1
+        nodes.setdefault(k, Counter())
+        if node is not None:
+            nodes[k][node] += 1
         start, end = plan.bounds(k)
         if len(buffers[k]) == end - start:
             shard = list(buffers.pop(k).values())

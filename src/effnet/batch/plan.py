@@ -8,7 +8,7 @@ from ..engines import EngineChoice
 from ..errors import EffnetError, MissingEngineError, OutputError
 from ..resolved import RANDOM_SEED, ResolvedModel
 from .inputs import Inputs, collect_inputs, is_uri
-from .store import shard_bounds, shard_count
+from .store import Row, foreign_entries, shard_bounds, shard_count
 
 RUNNERS = ("local", "ray")
 DEFAULT_SHARD_SIZE = 1000
@@ -34,8 +34,14 @@ class JobPlan:
         return shard_bounds(shard, self.shard_size, self.total)
 
     def items(self, shards: list[int]) -> list[tuple[int, str]]:
-        """(position, uri) of every input of `shards`, in order."""
-        return [(p, self.inputs.uris[p]) for k in shards for p in range(*self.bounds(k))]
+        """(position, uri) of every input of `shards` a runner classifies, in order."""
+        return [(p, self.inputs.uris[p]) for k in shards for p in range(*self.bounds(k))
+                if p not in self.inputs.unlisted]
+
+    def unlisted_rows(self, shards: list[int]) -> list[Row]:
+        """The error rows of the inputs of `shards` that could not even be listed (no runner sees them)."""
+        return [Row(p, self.inputs.uris[p], error=self.inputs.unlisted[p]) for k in shards
+                for p in range(*self.bounds(k)) if p in self.inputs.unlisted]
 
 
 def check_request(output: str | os.PathLike, runner: str, top: int, batch_size: int, shard_size: int) -> None:
@@ -56,6 +62,11 @@ def check_request(output: str | os.PathLike, runner: str, top: int, batch_size: 
                           "process writes (shards are renamed into place and the folder is locked); mount the "
                           "store or a shared volume there, or copy the folder to the store after the job",
                           params=("output",))
+    if foreign := foreign_entries(output):  # an input folder, say: the dataset could then not be read
+        shown = ", ".join(foreign[:3]) + (f" and {len(foreign) - 3} more" if len(foreign) > 3 else "")
+        raise OutputError(f"output={os.fspath(output)} holds files that are not this job's shards ({shown}); a "
+                          "reader of the dataset takes every file in the folder: give a new or empty folder as "
+                          "output=DIR", params=("output",))
 
 
 def list_inputs(inputs: list[str | os.PathLike]) -> Inputs:

@@ -35,6 +35,18 @@ class IdentityMismatch(EffnetError):
     """The output folder holds another job's results (other inputs, model, engine...)."""
 
 
+def foreign_entries(root: str | os.PathLike) -> list[str]:
+    """Names in an output folder that a reader of the dataset would take but that are not shards (images,
+    sub-folders...), sorted; readers skip `.` and `_` names (temporaries, the identity, the lock)."""
+    try:
+        names = os.listdir(root)
+    except (FileNotFoundError, NotADirectoryError):
+        return []
+    except OSError:
+        return []  # unreadable: opening the folder says so, with the reason
+    return sorted(n for n in names if not n.startswith((".", "_")) and not _PART.match(n))
+
+
 def require_pyarrow():
     try:
         import pyarrow

