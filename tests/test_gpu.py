@@ -119,8 +119,9 @@ def test_compile_cache_key_names_everything_that_changes_the_code(lite0, lite0_w
 
 
 COMPILED = """
-import json, sys
+import json, logging, sys
 import numpy as np
+logging.basicConfig(level=logging.INFO)  # effnet's notices, as the command line shows them
 from effnet.backends import create_backend
 from effnet.engines import EngineOptions, resolve_engine
 from effnet.resolved import resolve
