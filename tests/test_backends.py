@@ -157,7 +157,7 @@ def test_cli_classify_with_backend(lite0_weights, photo_files, tmp_path, monkeyp
                  "--top", "1", str(photo_files["coffee"])]) == 0
     assert "espresso" in capsys.readouterr().out
     assert main(["classify", "--model", LITE0, "--weights", str(lite0_weights), "--backend", "onnxruntime",
-                 "--precision", "int8", str(photo_files["coffee"])]) == 1
+                 "--precision", "int8", str(photo_files["coffee"])]) == 2  # a usage mistake
     assert "onnxruntime backend runs fp32 on cpu, not --precision int8" in capsys.readouterr().err
 
 

@@ -134,7 +134,7 @@ def test_streams_is_refused_where_the_engine_has_none(capsys):
 
     with pytest.raises(EffnetError, match="streams= is an OpenVINO setting"):
         resolve_engine("torch", options=EngineOptions(streams=2))
-    assert main(["bench", "--model", MODEL, "--weights", "random", "--backend", "torch", "--streams", "2"]) == 1
+    assert main(["bench", "--model", MODEL, "--weights", "random", "--backend", "torch", "--streams", "2"]) == 2
     assert "--streams is an OpenVINO setting" in capsys.readouterr().err
 
 

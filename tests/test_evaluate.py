@@ -508,7 +508,7 @@ def test_cli_user_mistakes_exit_cleanly(tmp_path, capsys):
     assert main(["eval", str(tmp_path / "nowhere")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("effnet: error:") and "does not exist" in err and "Traceback" not in err
-    assert main(["eval", "--precision", "int8", "--backend", "onnxruntime", str(tmp_path / "nowhere")]) == 1
+    assert main(["eval", "--precision", "int8", "--backend", "onnxruntime", str(tmp_path / "nowhere")]) == 2  # usage
     err = capsys.readouterr().err  # the engine is checked before the data is even looked at
     assert err.startswith("effnet: error:") and "not --precision int8" in err and "does not exist" not in err
     for bad in (["--backend", "onnx"], ["--precision", "fp64"], ["--limit", "0"]):

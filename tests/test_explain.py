@@ -196,7 +196,7 @@ def test_cli_explain_writes_overlays_of_the_photos_size(lite0_weights, photo_fil
     assert main([*args, str(broken), str(photo_files["camera"])]) == 1
     captured = capsys.readouterr()
     assert "broken.jpg" in captured.err and "tripod" in captured.out and "Traceback" not in captured.err
-    assert main([*args, "--class", "no such thing", str(photo_files["camera"])]) == 1
+    assert main([*args, "--class", "no such thing", str(photo_files["camera"])]) == 2  # a usage mistake
     assert "unknown label 'no such thing'" in capsys.readouterr().err
     file_as_output = tmp_path / "file"
     file_as_output.write_text("x")

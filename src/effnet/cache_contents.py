@@ -18,6 +18,7 @@ from pathlib import Path
 from . import cache_layout as layout
 from .cache_layout import cache_dir
 from .errors import EffnetError
+from .filenames import escape_name
 
 WEIGHTS, REJECTED, PARTIAL = "weights", "rejected-weights", "partial-download"
 EXPORT, UNFINISHED = "export", "unfinished-export"
@@ -63,9 +64,17 @@ class Pruned:
 
 def cache_entries(root: str | os.PathLike[str] | None = None) -> list[CacheEntry]:
     """Everything under the cache root as entries, sorted by name; an absent cache is empty."""
+    from_env = root is None and bool(os.environ.get("EFFNET_HOME"))
     root = Path(root) if root is not None else cache_dir()
     if not root.is_dir():
-        return []
+        if root.exists() or root.is_symlink():  # a file (or a broken link) where the folder should be
+            what = "a file" if root.exists() else "a broken symbolic link"
+            if from_env:
+                raise EffnetError(f"the cache EFFNET_HOME={escape_name(root)} is {what}, not a folder; point "
+                                  "EFFNET_HOME at a folder (effnet creates it where none is)")
+            raise EffnetError(f"the cache {escape_name(root)} is {what}, not a folder; move it away or set "
+                              "EFFNET_HOME to a folder")
+        return []  # no cache yet
     entries: list[CacheEntry] = []
     for child in sorted(root.iterdir()):
         if child.name == layout.WEIGHTS and child.is_dir():
@@ -266,4 +275,5 @@ def _delete(entry: CacheEntry) -> None:
             else:
                 path.unlink(missing_ok=True)
         except OSError as exc:
-            raise EffnetError(f"cannot remove {path} ({exc.strerror or exc}); check its permissions") from exc
+            raise EffnetError(f"cannot remove {escape_name(path)} ({exc.strerror or exc}); check its "
+                              "permissions") from exc

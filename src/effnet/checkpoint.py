@@ -20,6 +20,7 @@ from torch import nn
 
 from .arch import BlockKind, NetworkSpec
 from .errors import WeightsError, WeightsNotFoundError
+from .filenames import escape_name
 
 
 class Layout(Enum):
@@ -123,8 +124,9 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
     Wrappers such as {"state_dict": ...} are unwrapped, "module." prefixes stripped, non-tensors dropped.
     """
     path = Path(path)
+    shown = escape_name(path)  # one line, whatever the file is called
     if not path.is_file():
-        raise WeightsNotFoundError(f"weights file {path} does not exist; give an existing file as weights=PATH",
+        raise WeightsNotFoundError(f"weights file {shown} does not exist; give an existing file as weights=PATH",
                                    params=("weights",))
     suffix = path.suffix.lower()
     if suffix == ".safetensors":
@@ -134,13 +136,13 @@ def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:
         try:
             raw: object = load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as exc:
-            raise WeightsError(f"{path} is not a valid safetensors file ({exc}); {_USE_INSTEAD}",
+            raise WeightsError(f"{shown} is not a valid safetensors file ({exc}); {_USE_INSTEAD}",
                                params=("weights",)) from exc
     elif suffix in _PICKLE_SUFFIXES:
         raw = _torch_load(path)
     else:
         raise WeightsError(
-            f"{path}: unsupported weights format {suffix or '(no extension)'}; pass a .safetensors or "
+            f"{shown}: unsupported weights format {suffix or '(no extension)'}; pass a .safetensors or "
             f"{', '.join(sorted(_PICKLE_SUFFIXES))} file as weights=PATH", params=("weights",)
         )
     return _tensors(_unwrap(raw), path)
@@ -159,6 +161,7 @@ def _torch_load(path: Path) -> object:
 _USE_INSTEAD = ("give a file written by torch.save(model.state_dict(), ...) or safetensors as weights=PATH, "
                 "or weights=imagenet for the official weights")
 _ZIP_MAGIC = b"PK\x03\x04"
+_LEGACY_MAGIC = 0x1950A86A20F9469CFC6C  # torch.serialization's MAGIC_NUMBER, the legacy format's first pickle
 _PICKLE_PROTO = 0x80  # the first byte of every pickle of protocol 2 or later (torch.save writes 2)
 _GLOBAL_IN_ERROR = re.compile(r"GLOBAL ([\w.]+)")
 # What torch's weights-only reader accepts by itself: the tensor-rebuilding functions and containers.
@@ -169,26 +172,39 @@ def _why_unreadable(path: Path, exc: Exception) -> str:
     """What is wrong with a .pth that torch refused, in words. 'Contains code' is said only of a
     well-formed pickle that references objects other than tensors: torch's weights-only reader
     also fails on text and garbage (as an 'unsupported operand' or a KeyError), which is no code."""
+    shown = escape_name(path)
     with open(path, "rb") as file:
         head = file.read(256)
     if not head:
-        return f"{path} is empty (0 bytes), not a PyTorch checkpoint; {_USE_INSTEAD}"
+        return f"{shown} is empty (0 bytes), not a PyTorch checkpoint; {_USE_INSTEAD}"
     references = _pickled_globals(path, head)
     if references is None:
         if not head.startswith(_ZIP_MAGIC) and head[0] != _PICKLE_PROTO and _looks_like_text(head):
             first = _one_line(head.decode("utf-8", "replace"))[:40]
-            return f"{path} is a text file (it begins {first!r}), not a PyTorch checkpoint; {_USE_INSTEAD}"
+            return f"{shown} is a text file (it begins {first!r}), not a PyTorch checkpoint; {_USE_INSTEAD}"
         kind = ("a zip archive but not a complete torch.save file (truncated or corrupt?)"
                 if head.startswith(_ZIP_MAGIC) else "neither a torch.save file nor a pickle, or it is corrupt")
-        return f"{path} is not a PyTorch checkpoint: it is {kind} ({_short(exc)}); {_USE_INSTEAD}"
+        return f"{shown} is not a PyTorch checkpoint: it is {kind} ({_short(exc)}); {_USE_INSTEAD}"
     refused = list(dict.fromkeys(_GLOBAL_IN_ERROR.findall(str(exc)) or
                                  [g for g in references if not g.startswith(_TENSOR_GLOBALS)]))
     if isinstance(exc, pickle.UnpicklingError) and refused:
-        return (f"{path} contains code (pickled Python objects other than tensors: {', '.join(refused[:3])}) and "
+        return (f"{shown} contains code (pickled Python objects other than tensors: {', '.join(refused[:3])}) and "
                 "was not loaded. Convert it where you trust it with torch.save(model.state_dict(), ...) or "
                 "safetensors, then give the new file as weights=PATH")
-    return (f"{path} is a Python pickle but not a PyTorch checkpoint (saved with pickle rather than torch.save?) "
+    if _legacy_torch_save(head):  # torch.save's first pickle is there: the rest is cut short or damaged
+        return (f"{shown} is an incomplete torch.save file: cut short or corrupted, as an interrupted "
+                f"download or copy leaves it ({_short(exc)}); copy or download it again, or {_USE_INSTEAD}")
+    return (f"{shown} is a Python pickle but not a PyTorch checkpoint (saved with pickle rather than torch.save?) "
             f"({_short(exc)}); {_USE_INSTEAD}")
+
+
+def _legacy_torch_save(head: bytes) -> bool:
+    """Whether `head` begins with the pickle torch.save's legacy (non-zip) format writes first: its magic
+    number. A file that has it and still fails to load is a damaged torch.save file, not some other pickle."""
+    try:
+        return any(arg == _LEGACY_MAGIC for _, arg, _ in pickletools.genops(io.BytesIO(head)))
+    except (ValueError, EOFError, UnicodeDecodeError):
+        return False
 
 
 def _pickled_globals(path: Path, head: bytes) -> list[str] | None:
@@ -262,8 +278,9 @@ def _unwrap(obj: object) -> object:
 
 
 def _tensors(obj: object, path: Path) -> dict[str, torch.Tensor]:
+    shown = escape_name(path)
     if not isinstance(obj, Mapping):
-        raise WeightsError(f"{path} holds a {type(obj).__name__}, not a state dict of tensors; {_USE_INSTEAD}")
+        raise WeightsError(f"{shown} holds a {type(obj).__name__}, not a state dict of tensors; {_USE_INSTEAD}")
     tensors: dict[str, torch.Tensor] = {}
     for key, value in obj.items():
         if isinstance(key, str) and isinstance(value, torch.Tensor):
@@ -271,5 +288,5 @@ def _tensors(obj: object, path: Path) -> dict[str, torch.Tensor]:
                 key = key[len("module."):]
             tensors[key] = value
     if not tensors:
-        raise WeightsError(f"{path} contains no tensors; {_USE_INSTEAD}")
+        raise WeightsError(f"{shown} contains no tensors; {_USE_INSTEAD}")
     return tensors

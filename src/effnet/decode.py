@@ -6,14 +6,17 @@ few batches in memory; a decoder that works on the GPU is a second implementatio
 """
 from __future__ import annotations
 
+import errno
 import io
 import os
+import queue
+import stat
 import struct
 import threading
 import warnings
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Executor, Future
 from dataclasses import dataclass
 from typing import Any, BinaryIO, Generic, Protocol, TypeVar, Union
 
@@ -21,6 +24,8 @@ import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
 from .errors import EffnetError, ImageError
+from .filenames import escape_name
+from .files import file_kind
 from .preprocessing import Interpolation, PreprocessConfig, crop_geometry, normalize
 
 T = TypeVar("T")
@@ -35,8 +40,6 @@ class EncodedImage:
     data: bytes
     name: str
 
-
-ImageSource = Union[str, os.PathLike, bytes, EncodedImage, Image.Image, np.ndarray]
 
 ImageSource = Union[str, os.PathLike, bytes, EncodedImage, Image.Image, np.ndarray]
 
@@ -67,7 +70,10 @@ def load_image(source: ImageSource, *, exif_transpose: bool = True, max_pixels: 
     if isinstance(source, Image.Image):
         return _finish(source, "<image>", exif_transpose)
     if isinstance(source, (bytes, bytearray, memoryview, EncodedImage)):
-        data, name = (source.data, f"'{source.name}'") if isinstance(source, EncodedImage) else (bytes(source), "<bytes>")
+        if isinstance(source, EncodedImage):
+            data, name = source.data, f"'{escape_name(source.name)}'"
+        else:
+            data, name = bytes(source), "<bytes>"
         if not data:
             raise ImageError(f"cannot read image {name}: no data (0 bytes)")
         return _decode(io.BytesIO(data), name, exif_transpose, max_pixels)
@@ -103,19 +109,52 @@ def pillow_pixel_limit() -> int | None:
 
 
 def _load_path(path: str, exif_transpose: bool, max_pixels: int | None = None) -> Image.Image:
-    name = f"'{path}'"
+    name = f"'{escape_name(path)}'"
     try:
-        file = open(path, "rb")
+        file = open_regular_file(path)
     except FileNotFoundError:
         raise ImageError(f"cannot read image {name}: no such file") from None
     except IsADirectoryError:
         raise ImageError(f"cannot read image {name}: it is a directory, not an image file") from None
+    except NotRegularFileError as exc:
+        raise ImageError(f"cannot read image {name}: it is {exc.kind}, not an image file") from None
     except OSError as exc:
         raise ImageError(f"cannot read image {name}: {_one_line(exc.strerror or str(exc))}") from exc
     with file:
         if os.fstat(file.fileno()).st_size == 0:
             raise ImageError(f"cannot read image {name}: the file is empty (0 bytes)")
         return _decode(file, name, exif_transpose, max_pixels)
+
+
+class NotRegularFileError(OSError):
+    """A path that names a FIFO, a device or a socket: reading one may wait forever (a FIFO with no writer)
+    or never end (/dev/zero)."""
+
+    def __init__(self, path: str, kind: str) -> None:
+        super().__init__(f"{kind} is not a regular file: {path}")
+        self.kind = kind
+
+
+def open_regular_file(path: str | os.PathLike[str]) -> BinaryIO:
+    """`path` opened for reading if it is a regular file (links followed); NotRegularFileError otherwise.
+
+    Opened without blocking, so that a FIFO is refused at once instead of waiting for a writer; a file held
+    by another process's lease (O_NONBLOCK makes that EWOULDBLOCK) is then opened as any reader would."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
+    except BlockingIOError:
+        fd = os.open(path, os.O_RDONLY)
+    try:
+        mode = os.fstat(fd).st_mode
+        if not stat.S_ISREG(mode):
+            if stat.S_ISDIR(mode):
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), os.fspath(path))
+            raise NotRegularFileError(os.fspath(path), file_kind(mode))
+        os.set_blocking(fd, True)
+        return os.fdopen(fd, "rb")
+    except BaseException:
+        os.close(fd)
+        raise
 
 
 def _decode(file: BinaryIO, name: str, exif_transpose: bool, max_pixels: int | None = None) -> Image.Image:
@@ -306,12 +345,62 @@ class PillowDecoder:
             except EffnetError as exc:  # one bad input is reported in its place; the stream goes on
                 return Decoded(item, failure=exc)
 
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="effnet-decode") as pool:
+        with ReaderThreads(self.workers, "effnet-decode") as pool:
             ahead = 2 * batch_size + self.workers
             yield from chunks(bounded_map(pool, decode, items, ahead), batch_size)
 
 
-def bounded_map(pool: ThreadPoolExecutor, fn: Callable[[T], R], items: Iterable[T], ahead: int) -> Iterator[R]:
+class ReaderThreads(Executor):
+    """Threads that read and decode files for a stream, as an Executor. Daemon threads, never waited for:
+    a thread stuck in a read (a hung network mount, a file another process holds a lease on) must not keep
+    effnet alive after SIGTERM or Ctrl-C. ThreadPoolExecutor cannot do this: its shutdown and the
+    interpreter's exit both join its workers, however long their read takes.
+
+    Leaving the `with` block cancels the tasks not started yet; those running end on their own and their
+    results are dropped."""
+
+    def __init__(self, workers: int, name: str = "effnet-read") -> None:
+        self._tasks: queue.SimpleQueue = queue.SimpleQueue()
+        self._threads = [threading.Thread(target=self._work, name=f"{name}-{i}", daemon=True)
+                         for i in range(max(1, workers))]
+        for thread in self._threads:
+            thread.start()
+
+    def submit(self, fn: Callable[..., R], /, *args: Any, **kwargs: Any) -> Future[R]:
+        future: Future[R] = Future()
+        self._tasks.put((future, fn, args, kwargs))
+        return future
+
+    def shutdown(self, wait: bool = False, *, cancel_futures: bool = True) -> None:
+        """Cancel queued tasks (unless `cancel_futures` is False) and let the threads end once idle. `wait`
+        is accepted for the Executor interface and ignored: waiting is what this class exists to avoid."""
+        if cancel_futures:
+            while True:
+                try:
+                    task = self._tasks.get_nowait()
+                except queue.Empty:
+                    break
+                if task is not None:
+                    task[0].cancel()
+        for _ in self._threads:
+            self._tasks.put(None)
+
+    def _work(self) -> None:
+        while (task := self._tasks.get()) is not None:
+            _run(*task)
+            del task  # an idle thread keeps nothing of its last task alive
+
+
+def _run(future: Future, fn: Callable[..., Any], args: tuple, kwargs: dict) -> None:
+    if not future.set_running_or_notify_cancel():  # cancelled while it waited
+        return
+    try:
+        future.set_result(fn(*args, **kwargs))
+    except BaseException as exc:  # noqa: BLE001 - handed to whoever waits on the future
+        future.set_exception(exc)
+
+
+def bounded_map(pool: Executor, fn: Callable[[T], R], items: Iterable[T], ahead: int) -> Iterator[R]:
     """pool.map, in order, but with at most `ahead` items in flight: a million files never sit in memory."""
     pending: deque[Future[R]] = deque()
     for item in items:

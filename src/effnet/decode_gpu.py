@@ -12,7 +12,6 @@ from __future__ import annotations
 import io
 import os
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ThreadPoolExecutor
 from typing import TypeVar
 
 import numpy as np
@@ -25,12 +24,15 @@ from .decode import (
     EncodedImage,
     ImageSource,
     PillowDecoder,
+    ReaderThreads,
     bounded_map,
     chunks,
     load_image,
+    open_regular_file,
     pillow_pixel_limit,
 )
 from .errors import EffnetError, ImageError
+from .filenames import escape_name
 from .preprocessing import Interpolation, PreprocessConfig, crop_geometry
 
 T = TypeVar("T")
@@ -84,7 +86,7 @@ class DeviceDecoder:
             except EffnetError as exc:
                 return item, image, exc
 
-        with ThreadPoolExecutor(self.workers, thread_name_prefix="effnet-read") as pool:
+        with ReaderThreads(self.workers, "effnet-read") as pool:
             for group in chunks(bounded_map(pool, read, items, 2 * batch_size + self.workers), batch_size):
                 todo = [i for i, (_, _, data) in enumerate(group) if not isinstance(data, EffnetError)]
                 crops = self._crops([group[i][2] for i in todo], [group[i][1] for i in todo])
@@ -194,14 +196,14 @@ def _bytes_of(image: ImageSource) -> bytes | ImageSource:
     if isinstance(image, (str, os.PathLike)):
         path = os.fspath(image)
         try:
-            with open(path, "rb") as file:
+            with open_regular_file(path) as file:  # a FIFO or /dev/zero is refused, not read forever
                 return file.read()
         except OSError as exc:
             try:
                 load_image(path)  # the exact path's message for the same fault
             except ImageError as error:
                 raise error from exc
-            raise ImageError(f"cannot read image '{path}': {exc.strerror or exc}") from exc
+            raise ImageError(f"cannot read image '{escape_name(path)}': {exc.strerror or exc}") from exc
     return image
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from PIL import Image, ImageFile
 
 from .errors import EffnetError
+from .filenames import escape_name
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,8 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Skipped:
-    """A folder entry that looked like an image (or was a folder) but could not be listed, and why."""
+    """A folder entry that looked like an image (or was a folder) but could not be listed, and why
+    (`reason` is printable as it is; `path` is the entry's own, for escape_name to print)."""
 
     path: Path
     reason: str
@@ -57,13 +59,14 @@ def folder_images(folder: str | os.PathLike, param: str) -> list[Path]:
     """The image files of a folder the caller gave as `param` (images, calibration): EffnetError when it is
     not a folder or holds no image; entries that could not be looked at are logged, a line each."""
     if not Path(folder).is_dir():
-        raise EffnetError(f"{param}={folder}: not a folder; give a folder of images", params=(param,))
+        raise EffnetError(f"{param}={escape_name(folder)}: not a folder; give a folder of images", params=(param,))
     skipped: list[Skipped] = []
     files = image_files(folder, skipped=skipped)
     for entry in skipped:
-        log.warning("skipped %s: %s", entry.path, entry.reason)
+        log.warning("skipped %s: %s", escape_name(entry.path), entry.reason)
     if not files:
-        raise EffnetError(f"{param}={folder}: no image files (any format Pillow reads) under it", params=(param,))
+        raise EffnetError(f"{param}={escape_name(folder)}: no image files (any format Pillow reads) under it",
+                          params=(param,))
     return files
 
 
@@ -111,16 +114,18 @@ def _walk(folder: Path, suffixes: frozenset[str], files: list[Path], skipped: li
         path = Path(entry.path)
         image_name = path.suffix.lower() in suffixes
         try:
-            if not entry.is_symlink():
+            if not entry.is_symlink():  # d_type from the listing: no stat per entry
                 if entry.is_dir(follow_symlinks=False):
                     _walk(path, suffixes, files, skipped, above)
                 elif image_name and entry.is_file(follow_symlinks=False):
                     files.append(path)
+                elif image_name:
+                    skipped.append(_not_regular(path, entry.stat(follow_symlinks=False).st_mode))
                 continue
             target = os.stat(path)  # a link: follow it
         except FileNotFoundError:
             if image_name:
-                skipped.append(Skipped(path, f"broken symbolic link (to {os.readlink(path)})"))
+                skipped.append(Skipped(path, f"broken symbolic link (to {escape_name(os.readlink(path))})"))
             continue
         except OSError as exc:
             if image_name or exc.errno == errno.ELOOP:
@@ -130,6 +135,22 @@ def _walk(folder: Path, suffixes: frozenset[str], files: list[Path], skipped: li
             _walk(path, suffixes, files, skipped, above)
         elif image_name and stat.S_ISREG(target.st_mode):
             files.append(path)
+        elif image_name:
+            skipped.append(_not_regular(path, target.st_mode))
+
+
+def _not_regular(path: Path, mode: int) -> Skipped:
+    """A FIFO, device or socket named like an image: reading a FIFO waits for a writer, /dev/zero never ends."""
+    return Skipped(path, f"it is {file_kind(mode)}, not a regular file")
+
+
+_KINDS = ((stat.S_ISDIR, "a directory"), (stat.S_ISFIFO, "a FIFO (named pipe)"), (stat.S_ISCHR, "a character device"),
+          (stat.S_ISBLK, "a block device"), (stat.S_ISSOCK, "a socket"), (stat.S_ISREG, "a regular file"))
+
+
+def file_kind(mode: int) -> str:
+    """What a stat mode says a path is, in words: 'a FIFO (named pipe)', 'a character device', ..."""
+    return next((what for test, what in _KINDS if test(mode)), "a special file")
 
 
 def _os_reason(exc: OSError) -> str:

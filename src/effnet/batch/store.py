@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from ..errors import EffnetError, MissingEngineError, OutputError
+from ..filenames import escape_name
+from ..oserrors import os_reason, os_reason_and_remedy
 
 IDENTITY_FILE = "_effnet_batch.json"
 LOCK_FILE = "_effnet_batch.lock"
@@ -105,7 +107,8 @@ class Store:
             self.root.mkdir(parents=True, exist_ok=True)
             fd = os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise OutputError(f"cannot use {self.root} as the output folder: {exc}") from exc
+            raise OutputError(f"cannot use {escape_name(self.root)} as the output folder: {os_reason(exc)}; give a "
+                              "writable folder as output=DIR", params=("output",)) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
@@ -128,8 +131,9 @@ class Store:
         except FileNotFoundError:
             return None
         except (OSError, ValueError) as exc:
-            raise OutputError(f"cannot read {self.root / IDENTITY_FILE}: {exc}; use restart=True to start over",
-                              params=("restart",)) from exc
+            why = os_reason(exc) if isinstance(exc, OSError) else exc
+            raise OutputError(f"cannot read {escape_name(self.root / IDENTITY_FILE)}: {why}; use restart=True to "
+                              "start over", params=("restart",)) from exc
 
     def prepare(self, identity: dict, restart: bool) -> None:
         """Make the folder this job's: refuse another job's results unless `restart` (which deletes them)."""
@@ -218,7 +222,7 @@ class Store:
         except OSError as exc:
             with contextlib.suppress(OSError):
                 os.unlink(temp)
-            raise OutputError(f"cannot write {path}: {exc}") from exc
+            raise OutputError(f"cannot write {escape_name(path)}: {os_reason_and_remedy(exc, resumable=True)}") from exc
 
     def _fsync_dir(self) -> None:
         with contextlib.suppress(OSError):

@@ -5,6 +5,7 @@ import argparse
 import json
 import time
 
+from ..filenames import escape_name, json_name
 from .options import emit, notice
 
 
@@ -43,53 +44,59 @@ def _size(text: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     from ..cache_contents import WEIGHT_KINDS, cache_entries, prune, remove_entries
-    from ..weights import cache_dir
+    from ..cache_layout import cache_dir
 
     root = cache_dir()
     if args.action == "remove":
         removed = remove_entries(args.names)
         if args.json:
-            emit(json.dumps({"root": str(root), "removed": [e.to_json() for e in removed]}))
+            emit(json.dumps({"root": json_name(root), "removed": [_json(e) for e in removed]}))
         else:
             for entry in removed:
-                emit(f"removed {entry.name} ({_human(entry.size)})")
+                emit(f"removed {escape_name(entry.name)} ({_human(entry.size)})")
         return 0
     if args.action == "prune":
         result = prune(args.max_size, include_weights=args.include_weights, dry_run=args.dry_run)
         verb = "would remove" if args.dry_run else "removed"
         if args.json:
-            emit(json.dumps({"root": str(root), "dry_run": args.dry_run, "max_size": result.max_size,
+            emit(json.dumps({"root": json_name(root), "dry_run": args.dry_run, "max_size": result.max_size,
                              "size_before": result.size_before, "size_after": result.size_after,
-                             "removed": [e.to_json() for e in result.removed]}))
+                             "removed": [_json(e) for e in result.removed]}))
         else:
             for entry in result.removed:
-                emit(f"{verb} {entry.name} ({_human(entry.size)}, last used {_when(entry.last_used)})")
-            emit(f"cache {root}: {_human(result.size_before)} -> {_human(result.size_after)} "
+                emit(f"{verb} {escape_name(entry.name)} ({_human(entry.size)}, last used {_when(entry.last_used)})")
+            emit(f"cache {escape_name(root)}: {_human(result.size_before)} -> {_human(result.size_after)} "
                  f"(max {_human(result.max_size)})")
         if result.size_after > result.max_size:
             weights = any(e.kind in WEIGHT_KINDS for e in result.protected)
             hint = " add --include-weights to remove weights files too," if weights and not args.include_weights else ""
+            rest = ", ".join(escape_name(e.name) for e in result.protected[:3])
             notice(f"still over {_human(result.max_size)}:{hint} the rest is "
-                   f"{', '.join(e.name for e in result.protected[:3])}{', ...' if len(result.protected) > 3 else ''}")
+                   f"{rest}{', ...' if len(result.protected) > 3 else ''}")
         return 0
     entries = cache_entries()
     if args.json:
-        emit(json.dumps({"root": str(root), "total": sum(e.size for e in entries),
-                         "entries": [e.to_json() for e in entries]}))
+        emit(json.dumps({"root": json_name(root), "total": sum(e.size for e in entries),
+                         "entries": [_json(e) for e in entries]}))
         return 0
     if not entries:
-        emit(f"the cache {root} is empty")
+        emit(f"the cache {escape_name(root)} is empty")
         return 0
     emit(_table(entries))
-    emit(f"{len(entries)} entries, {_human(sum(e.size for e in entries))} in {root}")
+    emit(f"{len(entries)} entries, {_human(sum(e.size for e in entries))} in {escape_name(root)}")
     return 0
 
 
 def _table(entries) -> str:
     rows = [("NAME", "KIND", "SIZE", "LAST USED", "DETAIL")]
-    rows += [(e.name, e.kind, _human(e.size), _when(e.last_used), e.detail) for e in entries]
+    rows += [(escape_name(e.name), e.kind, _human(e.size), _when(e.last_used), e.detail) for e in entries]
     w = [max(len(row[i]) for row in rows) for i in range(4)]
     return "\n".join(f"{r[0]:<{w[0]}}  {r[1]:<{w[1]}}  {r[2]:>{w[2]}}  {r[3]:<{w[3]}}  {r[4]}".rstrip() for r in rows)
+
+
+def _json(entry) -> dict:
+    """An entry as --json writes it: its name escaped as every file name is (README, Command line)."""
+    return {**entry.to_json(), "name": json_name(entry.name)}
 
 
 def _human(size: int) -> str:

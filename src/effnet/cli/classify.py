@@ -6,6 +6,7 @@ import json
 
 from ..contract import weights_id
 from ..errors import EffnetError
+from ..filenames import escape_name, json_name, utf8_text
 from .options import (
     TerminalProgress,
     before_engine,
@@ -50,11 +51,11 @@ def run(args: argparse.Namespace) -> int:
 
     listing = expand_inputs(args.paths)
     for skipped in listing.skipped:  # before the model loads: a person sees at once what will be missing
-        notice(f"skipped {skipped.path}: {skipped.reason}")
+        notice(f"skipped {escape_name(skipped.path)}: {skipped.reason}")
     files = listing.files
     if not files:
         extra = f" ({len(listing.skipped)} entries skipped)" if listing.skipped else ""
-        raise EffnetError(f"no images found in {' '.join(args.paths)}{extra}")
+        raise EffnetError(f"no images found in {' '.join(map(escape_name, args.paths))}{extra}")
     top = clamp_top(args.top, num_classes())
     engine = engine_choice(args, batch_size=args.batch_size)
     before_engine(args.model, args.weights, engine)
@@ -71,15 +72,16 @@ def run(args: argparse.Namespace) -> int:
             if outcome.failure is not None:
                 failed += 1
                 if args.json:
-                    bar.line(json.dumps({"image": outcome.source, "error": render(outcome.failure), **fields}))
+                    error = utf8_text(render(outcome.failure))
+                    bar.line(json.dumps({"image": json_name(outcome.source), "error": error, **fields}))
                 else:
                     notice(render(outcome.failure))
             elif args.json:
                 ranked = [{"index": p.index, "label": p.label, "prob": round(p.probability, 6)}
                           for p in outcome.predictions]
-                bar.line(json.dumps({"image": outcome.source, "top": ranked, **fields}))
+                bar.line(json.dumps({"image": json_name(outcome.source), "top": ranked, **fields}))
             else:
-                bar.line("\n".join([outcome.source] + [
+                bar.line("\n".join([escape_name(outcome.source)] + [
                     f"  {rank:>2}. {p.label:<32} {100 * p.probability:6.2f}%  (class {p.index})"
                     for rank, p in enumerate(outcome.predictions, 1)]))
     return summarize(failed, len(files), len(listing.skipped))

@@ -5,7 +5,7 @@ import argparse
 import json
 from pathlib import Path
 
-from ..errors import OutputError
+from ..errors import EngineError, OutputError
 from .options import (
     TerminalProgress,
     comma_list,
@@ -13,6 +13,7 @@ from .options import (
     emit,
     model_option,
     positive_int,
+    usage_mistakes,
     weights_option,
     writable_folder,
 )
@@ -55,7 +56,8 @@ def run(args: argparse.Namespace) -> int:
     from ..evaluate import eval_engines, evaluate
 
     # Mistakes that would otherwise surface after hours: engines (installed, precision), the folders written.
-    engines = eval_engines(args.backend, args.precision, device=args.device, calibration=args.calibration)
+    with usage_mistakes(EngineError):
+        engines = eval_engines(args.backend, args.precision, device=args.device, calibration=args.calibration)
     resume_dir = writable_folder(args.resume_dir, "resume_dir") if args.resume_dir else None
     if args.report and not Path(args.report).expanduser().parent.is_dir():
         raise OutputError(f"cannot write the report {args.report}: its folder does not exist")

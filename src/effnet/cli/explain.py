@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 from ..errors import EffnetError
-from .options import model_option, notice, positive_int, render, weights_option
+from ..filenames import escape_name, json_name, utf8_text
+from .options import model_option, notice, positive_int, render, usage_mistakes, weights_option
 
 
 def add(sub: argparse._SubParsersAction) -> None:
@@ -33,21 +34,21 @@ def add(sub: argparse._SubParsersAction) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from ..classifier import Classifier
+    from ..engines import EngineOptions, resolve_engine
+    from ..explain import resolve_target
 
+    # A bad --class or --device is a usage mistake, refused before any work or any folder is made.
+    with usage_mistakes(EffnetError):
+        target = resolve_target(args.target)
+        # Gradients in fp32 (the card's original model), on the GPU where there is one; no compiled graphs.
+        engine = resolve_engine("torch", "fp32", device=args.device, options=EngineOptions(compile=False))
     output = Path(args.output)
     if output.exists() and not output.is_dir():
-        raise EffnetError(f"--output {output} is a file; give a folder")
+        raise EffnetError(f"--output {escape_name(output)} is a file; give a folder")
     try:
         output.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise EffnetError(f"cannot create --output {output}: {exc.strerror or exc}") from exc
-    from ..explain import resolve_target
-
-    from ..engines import EngineOptions, resolve_engine
-
-    target = resolve_target(args.target)  # a bad --class is one mistake, refused before any work
-    # Gradients in fp32 (the card's original model), on the GPU where there is one; no compiled graphs.
-    engine = resolve_engine("torch", "fp32", device=args.device, options=EngineOptions(compile=False))
+        raise EffnetError(f"cannot create --output {escape_name(output)}: {exc.strerror or exc}") from exc
     classifier = Classifier(args.model, args.weights, backend=engine)
     notice(f"explaining with {classifier.name} on PyTorch, {engine.device} (B7 takes a few seconds per image "
            f"on a CPU)")
@@ -59,18 +60,18 @@ def run(args: argparse.Namespace) -> int:
                             else [classifier.explain(image, target)])
         except EffnetError as exc:
             failed += 1
-            _report(args.json, {"image": image, "error": render(exc)}, f"effnet: {render(exc)}")
+            _report(args.json, {"image": json_name(image), "error": utf8_text(render(exc))}, f"effnet: {render(exc)}")
             continue
         for explanation in explanations:
             path = output / _file_name(Path(image).stem, explanation.index, explanation.label, used)
             try:
                 explanation.overlay.save(path)
             except OSError as exc:
-                raise EffnetError(f"cannot write {path}: {exc.strerror or exc}") from exc
-            _report(args.json, {"image": image, "index": explanation.index, "label": explanation.label,
-                                "prob": round(explanation.probability, 6), "file": str(path)},
-                    f"{image}: {explanation.label} ({100 * explanation.probability:.2f}%, class "
-                    f"{explanation.index}) -> {path}")
+                raise EffnetError(f"cannot write {escape_name(path)}: {exc.strerror or exc}") from exc
+            _report(args.json, {"image": json_name(image), "index": explanation.index, "label": explanation.label,
+                                "prob": round(explanation.probability, 6), "file": json_name(path)},
+                    f"{escape_name(image)}: {explanation.label} ({100 * explanation.probability:.2f}%, class "
+                    f"{explanation.index}) -> {escape_name(path)}")
     if failed:
         print(f"effnet: {failed} of {len(args.images)} images could not be explained", file=sys.stderr)
     return 1 if failed else 0

@@ -9,11 +9,12 @@ import re
 import sys
 import tempfile
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, TypeVar
 
 from ..arch import DEFAULT_MODEL, list_models
-from ..errors import OutputError
+from ..errors import EffnetError, EngineError, OutputError
 
 if TYPE_CHECKING:
     from ..engines import EngineChoice
@@ -56,16 +57,34 @@ def decode_option(parser: argparse.ArgumentParser) -> None:
                              "nvJPEG and resizing on the GPU (faster, not pixel-exact; needs a CUDA device)")
 
 
+class UsageError(EffnetError):
+    """A mistake in the command line that argparse cannot see: options that cannot go together or name
+    nothing (`--precision int8` without `--calibration`, `--class 99999`). `main` exits 2 for it, as for
+    argparse's own usage errors, with one line, before any output folder or download."""
+
+
+@contextmanager
+def usage_mistakes(*kinds: type[EffnetError]) -> Iterator[None]:
+    """Errors of `kinds` raised while a command turns its options into what they mean, at its top, are
+    usage mistakes (the same errors raised later, an engine failing mid-run, are not)."""
+    try:
+        yield
+    except kinds as exc:
+        raise UsageError(str(exc), params=exc.params) from exc
+
+
 def engine_choice(args: argparse.Namespace, *, batch_size: int | None = None, local: bool = True,
                   **options: object) -> EngineChoice:
     """The command's engine, resolved once, here at the top: everything below receives it. A missing engine,
-    an absent GPU or int8 without photos fails now, before any download. `options`: EngineOptions fields."""
+    an absent GPU or int8 without photos fails now, before any download; an EngineError here is a usage
+    mistake (exit 2). `options`: EngineOptions fields."""
     from ..engines import EngineOptions, graph_batch_sizes, resolve_engine
 
     sizes = graph_batch_sizes(batch_size) if batch_size else ()
-    return resolve_engine(args.backend, getattr(args, "precision", None), device=args.device,
-                          calibration=getattr(args, "calibration", None), local=local,
-                          options=EngineOptions(batch_sizes=sizes, **options))  # type: ignore[arg-type]
+    with usage_mistakes(EngineError):
+        return resolve_engine(args.backend, getattr(args, "precision", None), device=args.device,
+                              calibration=getattr(args, "calibration", None), local=local,
+                              options=EngineOptions(batch_sizes=sizes, **options))  # type: ignore[arg-type]
 
 
 def positive_int(text: str) -> int:
