@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from .backends import Backend, create_backend, predictions
+from .backends import Backend, WarmableBackend, create_backend, predictions
+
 from .contract import weights_id
 from .engines import EngineChoice
 from .errors import EffnetError
@@ -279,6 +280,8 @@ def bench(resolved: ResolvedModel, engine: EngineChoice | Backend, *, batch: int
         backend = create_backend(resolved, engine)
     else:
         backend = engine
+    if isinstance(backend, WarmableBackend):  # compiling each batch shape is no part of the measurement
+        backend.warm_up()
     batch = batch or 8
     settings = backend.settings()
     common = {"model": resolved.name, "weights_sha256": resolved.weights_sha256, "backend": backend.name,

@@ -12,7 +12,7 @@ from pathlib import Path
 from ..cache_layout import CacheLayout
 from ..engines import EngineChoice
 from ..resolved import ResolvedModel
-from .base import Backend, PipelinedBackend, StreamingBackend, predictions
+from .base import Backend, PipelinedBackend, StreamingBackend, WarmableBackend, predictions
 
 DEFAULT_CUDA_BATCH_SIZES = (8, 64)  # what a compiled GPU engine records when not told: one photo, a full batch
 
@@ -56,4 +56,4 @@ def create_backend(resolved: ResolvedModel, engine: EngineChoice, *,
                            streams=options.streams, threads=options.threads, pin_threads=options.pin_threads)
 
 
-__all__ = ["Backend", "PipelinedBackend", "StreamingBackend", "create_backend", "predictions"]
+__all__ = ["Backend", "PipelinedBackend", "StreamingBackend", "WarmableBackend", "create_backend", "predictions"]

@@ -37,6 +37,15 @@ class Backend(Protocol):
 
 
 @runtime_checkable
+class WarmableBackend(Protocol):
+    """An engine whose first batch of each shape costs much more than the rest (a compiled GPU engine)."""
+
+    def warm_up(self) -> None:
+        """Prepare every batch shape now (compile, record graphs), so that no request pays for it."""
+        ...
+
+
+@runtime_checkable
 class PipelinedBackend(Backend, Protocol):
     """An engine that overlaps consecutive batches (OpenVINO's infer requests, a GPU's copies and compute)."""
 

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from ..backends.base import Backend, StreamingBackend
+from ..backends.base import Backend, StreamingBackend, WarmableBackend
 from .errors import DeadlineExceeded, Draining, EngineFailed, Overloaded, ServeError
 
 
@@ -120,6 +120,11 @@ class Scheduler:
         for job in jobs:
             if not job.future.done():
                 job.future.set_exception(type(self._stopped)(str(self._stopped)))
+
+    async def warm_up(self) -> None:
+        """Let the backend prepare what its first batch would (torch.compile, CUDA graphs), where it runs."""
+        if isinstance(self.backend, WarmableBackend):
+            await asyncio.get_running_loop().run_in_executor(self._executor, self.backend.warm_up)
 
     async def close(self) -> None:
         """Stop (if not already), then wait for the engine to end what it runs: a batch cannot be interrupted,

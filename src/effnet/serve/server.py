@@ -157,6 +157,9 @@ class Server:
         self.log(f"effnet serve: HTTP on http://{host}:{self.http_port} (page at /, API at /docs)")
         if self.grpc_port is not None:
             self.log(f"effnet serve: gRPC on {host}:{self.grpc_port}")
+        # Health answers (live, not ready) while the engines prepare what a first batch would: a compiled GPU
+        # engine compiles and records its batch sizes here, not on the first requests.
+        await asyncio.gather(*(m.scheduler.warm_up() for m in self.models))
         self.state.ready = not self.state.shutting_down
         self.log("effnet serve: ready")
         return True
