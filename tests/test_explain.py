@@ -279,5 +279,5 @@ def test_cli_explain_draws_a_large_photo_scaled_down_and_refuses_a_non_ascii_cla
     (record,) = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
     with Image.open(record["file"]) as png:
         assert png.size[0] * png.size[1] <= OVERLAY_MAX_PIXELS and abs(png.size[0] / png.size[1] - 1.5) < 0.01
-    assert main([*args, "--class", "²", str(photo)]) == 1
+    assert main([*args, "--class", "²", str(photo)]) == 2  # a usage mistake
     assert "unknown label '²'" in capsys.readouterr().err

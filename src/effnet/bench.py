@@ -23,7 +23,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from .backends import Backend, WarmableBackend, create_backend, predictions
-
 from .contract import weights_id
 from .engines import EngineChoice
 from .errors import EffnetError
