@@ -59,7 +59,7 @@ def in_namespace(script: str, scratch: Path, timeout: float) -> str:
     path = scratch / "job.sh"
     path.write_text("set -u\nip link set lo up\nmount --bind " + str(scratch / "ray") + " /tmp/ray\n" + script)
     env = {**os.environ, "HOME": str(scratch / "home"), "RAY_USAGE_STATS_ENABLED": "0",
-           "PYTHONPATH": str(Path(__file__).parent)}
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
     log = scratch / "log.txt"
     with open(log, "wb") as out:
         proc = subprocess.Popen(["unshare", "-n", "-p", "-f", "--mount-proc", "bash", str(path)], stdout=out,
