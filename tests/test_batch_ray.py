@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -59,7 +60,8 @@ def in_namespace(script: str, scratch: Path, timeout: float) -> str:
     path = scratch / "job.sh"
     path.write_text("set -u\nip link set lo up\nmount --bind " + str(scratch / "ray") + " /tmp/ray\n" + script)
     env = {**os.environ, "HOME": str(scratch / "home"), "RAY_USAGE_STATS_ENABLED": "0",
-           "PYTHONPATH": str(Path(__file__).parent)}
+           "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")]),
+           "TMPDIR": str(scratch)}  # Ray's temp dir is then scratch/ray too; a driver's kept log lands here
     log = scratch / "log.txt"
     with open(log, "wb") as out:
         proc = subprocess.Popen(["unshare", "-n", "-p", "-f", "--mount-proc", "bash", str(path)], stdout=out,
@@ -89,13 +91,38 @@ def photos(tmp_path_factory, photo_arrays, photo_files):
     return folder, files, reference(files)
 
 
+def effnet_lines_only(stderr: str) -> list[str]:
+    """The driver's stderr, asserted to hold effnet's lines only: no Ray log line, warning, traceback or a
+    worker's crash report."""
+    lines = stderr.splitlines()
+    assert lines and all(line.startswith("effnet: ") for line in lines), stderr[-4000:]
+    return lines
+
+
+def ray_worker_logs(scratch: Path) -> dict[str, str]:
+    """The output of every Ray worker process of the namespace's sessions (Ray's temp dir is scratch/ray)."""
+    return {p.name: p.read_text(errors="replace") for p in (scratch / "ray").glob("session_*/logs/worker-*.err")}
+
+
 def test_local_ray_rows_equal_classify(photos, scratch, tmp_path):
+    """A local Ray's rows are classify's; Ray's output stays out of effnet's stderr, its token out of HOME."""
     folder, files, expected = photos
     out = tmp_path / "out"
     cmd = effnet_batch(str(folder), "--output", str(out), "--engine", "ray", "--workers", "2", "--batch-size", "2",
                        "--shard-size", "5")
-    log = in_namespace(f"{cmd}\necho \"rc=$?\"\n", scratch, timeout=150)
-    assert "rc=1" in log, log[-3000:]  # 1: the corrupt files are error rows, the job itself ran
+    log = in_namespace(f"{cmd} 2> {scratch}/stderr.txt\necho \"rc=$?\"\n", scratch, timeout=150)
+    stderr = (scratch / "stderr.txt").read_text(errors="replace")
+    assert "rc=1" in log, log[-3000:] + stderr[-3000:]  # 1: the corrupt files are error rows, the job itself ran
+    lines = effnet_lines_only(stderr)
+    assert lines[0] == "effnet: ray: 2 workers x 1 CPUs on 1 nodes" and "classified 20, failed 4" in lines[-1]
+    # The local Ray's token was a temporary file of effnet's, gone with it, as is the driver's Ray log
+    assert not (scratch / "home" / ".ray").exists()
+    assert not list(scratch.glob("effnet-ray-*")), list(scratch.iterdir())
+    # Only the actors ran in Ray's workers: no Ray Data tasks (their workers, stopped as idle mid-job, were
+    # the ones whose crash report reached the terminal)
+    workers = ray_worker_logs(scratch)
+    assert sum("effnet actor: Ray node" in text for text in workers.values()) == 2, workers
+    assert not any(":task_name:" in text for text in workers.values()), workers
     table = read_dataset(out)
     assert table.column("uri").to_pylist() == files
     assert_rows_equal_reference(table, expected)
@@ -294,3 +321,60 @@ def test_two_node_cluster_worker_node_killed_mid_job_exactly_once(many_photos, s
     assert sum(r is not None for r in table.column("error").to_pylist()) == 4 and len(files) == 204
     rows = sum(int(pq.read_schema(p).metadata[b"effnet.rows"]) for p in out.glob("part-*.parquet"))
     assert rows == len(files) and len(list(out.glob("part-*.parquet"))) == count
+
+
+NO_TOKEN = """
+export RAY_AUTH_MODE=token RAY_AUTH_TOKEN=$(python -c 'import secrets; print(secrets.token_hex(32))')
+ray start --head --port 6379 --include-dashboard false --node-ip-address 127.0.0.1 --num-cpus 1 \\
+  --object-store-memory 80000000 --disable-usage-stats > {s}/head.txt 2>&1 || exit 3
+# The driver without the cluster's token: neither mode nor token, then the mode without a token
+env -u RAY_AUTH_MODE -u RAY_AUTH_TOKEN {cmd} 2> {s}/unset.txt; echo "unset rc=$?"
+env -u RAY_AUTH_TOKEN {cmd} 2> {s}/mode.txt; echo "mode rc=$?"
+"""
+
+
+def test_cluster_whose_token_the_driver_lacks_one_line_saying_how_to_give_it(photos, scratch, tmp_path):
+    """A cluster with token authentication, a driver without its token: one line saying how to give it
+    (RAY_AUTH_MODE=token and RAY_AUTH_TOKEN), exit 1; not Ray's traceback, nor its 20 s of retry warnings."""
+    folder, _, _ = photos
+    cmd = effnet_batch(str(folder), "--output", str(tmp_path / "out"), "--runner", "ray", "--ray-address",
+                       "127.0.0.1:6379", "--batch-size", "2")
+    log = in_namespace(NO_TOKEN.format(s=scratch, cmd=cmd), scratch, timeout=240)
+    for case in ("unset", "mode"):
+        stderr = (scratch / f"{case}.txt").read_text(errors="replace") if (scratch / f"{case}.txt").exists() else ""
+        assert f"{case} rc=1" in log, log + stderr[-3000:]
+        (line,) = effnet_lines_only(stderr)
+        assert line.startswith("effnet: error: ") and "127.0.0.1:6379" in line, line
+        assert "RAY_AUTH_MODE=token" in line and "RAY_AUTH_TOKEN" in line, line
+    assert not list((tmp_path / "out").glob("part-*"))
+
+
+GPU_CLUSTER = """
+export RAY_AUTH_MODE=token RAY_AUTH_TOKEN=$(python -c 'import secrets; print(secrets.token_hex(32))')
+# Two GPUs declared on a machine that has none: Ray schedules by the declared resource
+ray start --head --port 6379 --include-dashboard false --node-ip-address 127.0.0.1 --num-cpus 2 --num-gpus 2 \\
+  --object-store-memory 80000000 --disable-usage-stats > {s}/head.txt 2>&1 || exit 3
+export RAY_ADDRESS=127.0.0.1:6379
+{cmd} 2> {s}/stderr.txt; echo "rc=$?"
+"""
+
+
+def test_cuda_pool_one_actor_per_declared_gpu_and_a_node_without_cuda_ends_the_job(photos, scratch, tmp_path):
+    """`--device cuda` on Ray: as many actors as the cluster declares GPUs, each given its own GPU (Ray sets
+    CUDA_VISIBLE_DEVICES), each checking the device where it runs. Here the node has no usable CUDA: the job
+    ends (bounded by the namespace's timeout, not Ray's endless actor retries) with effnet's one-line error
+    naming the node, its GPU and what is missing."""
+    folder, _, _ = photos
+    cmd = effnet_batch(str(folder), "--output", str(tmp_path / "out"), "--runner", "ray", "--device", "cuda",
+                       "--batch-size", "2")
+    log = in_namespace(GPU_CLUSTER.format(s=scratch, cmd=cmd), scratch, timeout=240)
+    stderr = (scratch / "stderr.txt").read_text(errors="replace") if (scratch / "stderr.txt").exists() else ""
+    assert "rc=1" in log, log + stderr[-3000:]
+    pool, error = effnet_lines_only(stderr)
+    assert pool == "effnet: ray: 2 workers x 1 CPUs + 1 GPU on 1 nodes"
+    assert re.fullmatch(r"effnet: error: Ray node [0-9a-f]{12} \(127\.0\.0\.1, GPU [01]\): --device cuda:0: .*",
+                        error), error
+    assert "CPU-only build" in error or "sees no GPU" in error, error
+    record = r"effnet actor: Ray node \w+ \(127\.0\.0\.1, GPU (\d)\), CUDA_VISIBLE_DEVICES=(\d)"
+    records = [m.groups() for text in ray_worker_logs(scratch).values() for m in re.finditer(record, text)]
+    assert sorted(records) == [("0", "0"), ("1", "1")], (records, ray_worker_logs(scratch))

@@ -2,7 +2,13 @@
 from __future__ import annotations
 
 import argparse
+import logging
+import os
 import sys
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
+from pathlib import Path
 
 from .options import (
     TerminalProgress,
@@ -36,7 +42,8 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="local (this machine, no Ray needed; default) or ray (Ray Data actors, effnet[ray]; with "
                         "--device cuda each actor takes one GPU); --engine is the same option's older name")
     p.add_argument("--ray-address", metavar="ADDR", help="the Ray cluster (default: RAY_ADDRESS, else a local Ray)")
-    p.add_argument("--workers", type=positive_int, metavar="N", help="Ray actors (default: cluster CPUs / cpus-per-worker)")
+    p.add_argument("--workers", type=positive_int, metavar="N",
+                   help="Ray actors (default: cluster CPUs / cpus-per-worker; with --device cuda, cluster GPUs)")
     p.add_argument("--cpus-per-worker", type=positive_int, metavar="N", help="CPUs per Ray actor (default 1)")
     p.add_argument("--shard-size", type=positive_int, default=DEFAULT_SHARD_SIZE, metavar="N",
                    help=f"inputs per output file, the unit of resumption (default {DEFAULT_SHARD_SIZE})")
@@ -49,11 +56,12 @@ def run(args: argparse.Namespace) -> int:
 
     # Ray's actors run elsewhere: they check the device on their own machines.
     engine = engine_choice(args, batch_size=args.batch_size, local=args.runner == "local")
-    summary = run_batch(args.inputs, args.output, model=args.model, weights=args.weights, engine=engine,
-                        top=args.top, batch_size=args.batch_size, runner=args.runner, decode=args.decode,
-                        shard_size=args.shard_size, ray_address=args.ray_address, workers=args.workers,
-                        cpus_per_worker=args.cpus_per_worker, restart=args.restart,
-                        progress=TerminalProgress(leave=True))
+    with ray_output_aside() if args.runner == "ray" else nullcontext():
+        summary = run_batch(args.inputs, args.output, model=args.model, weights=args.weights, engine=engine,
+                            top=args.top, batch_size=args.batch_size, runner=args.runner, decode=args.decode,
+                            shard_size=args.shard_size, ray_address=args.ray_address, workers=args.workers,
+                            cpus_per_worker=args.cpus_per_worker, restart=args.restart,
+                            progress=TerminalProgress(leave=True))
     failed = summary.failed + summary.skipped_failed
     line = (f"effnet: {summary.output}: classified {summary.classified}, failed {summary.failed}, "
             f"skipped {summary.skipped} (already done{f', {summary.skipped_failed} of them failed' if summary.skipped_failed else ''}); "
@@ -62,3 +70,50 @@ def run(args: argparse.Namespace) -> int:
         line += "; per node: " + ", ".join(f"{n[:12]} {c}" for n, c in sorted(summary.nodes.items()))
     print(line, file=sys.stderr, flush=True)
     return summary.exit_status
+
+
+@contextmanager
+def ray_output_aside() -> Iterator[Path | None]:
+    """Ray's own output in this process goes to a log file, effnet's stays on the terminal. Ray's C++ core
+    writes to file descriptor 2 whatever its settings (an error line on every actor pool, the 20 s of retries
+    of a refused connection), so descriptor 2 becomes the file and sys.stderr a copy of the terminal; Ray's
+    Python loggers, which write to sys.stderr, are pointed at the file too. The file is
+    $TMPDIR/effnet-ray-<pid>.log, removed when the command returns, kept when it fails."""
+    try:
+        import ray.data  # noqa: F401  (Ray sets up its loggers on import: before they are pointed at the file)
+    except ImportError:  # no Ray: nothing of Ray's to set aside (run_batch says what to install)
+        yield None
+        return
+    path = Path(tempfile.gettempdir()) / f"effnet-ray-{os.getpid()}.log"
+    log = open(path, "a", buffering=1, encoding="utf-8", errors="backslashreplace")
+    sys.stderr.flush()
+    terminal, previous = os.dup(2), sys.stderr
+    os.dup2(log.fileno(), 2)
+    sys.stderr = open(terminal, "w", buffering=1, encoding=previous.encoding or "utf-8",
+                      errors="backslashreplace")
+    to_file = logging.StreamHandler(log)
+    moved = []
+    for name in ("ray", "ray.data"):  # ray.data does not propagate to ray
+        logger = logging.getLogger(name)
+        consoles = [h for h in logger.handlers
+                    if isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)]
+        for handler in consoles:
+            logger.removeHandler(handler)
+        logger.addHandler(to_file)
+        moved.append((logger, consoles))
+    returned = False
+    try:
+        yield path
+        returned = True
+    finally:
+        for logger, consoles in moved:
+            logger.removeHandler(to_file)
+            for handler in consoles:
+                logger.addHandler(handler)
+        sys.stderr.flush()
+        os.dup2(terminal, 2)
+        sys.stderr.close()
+        sys.stderr = previous
+        log.close()
+        if returned:
+            path.unlink(missing_ok=True)
