@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 from .arch import DEFAULT_MODEL
 from .errors import (
                      EffnetError,
+                     EngineError,
                      ImageError,
                      MissingEngineError,
                      UnknownModelError,
@@ -21,18 +22,20 @@ from .errors import (
 
 __version__ = "0.1.0"
 
-__all__ = ["DEFAULT_MODEL", "Classifier", "EffnetError", "ImageError", "MissingEngineError", "Outcome",
-           "Prediction", "ResolvedModel", "UnknownModelError", "WeightsError", "WeightsNotFoundError",
-           "create_model", "list_models", "preprocess", "resolve", "__version__"]
+__all__ = ["DEFAULT_MODEL", "Classifier", "EffnetError", "EngineChoice", "EngineError", "ImageError",
+           "MissingEngineError", "Outcome", "Prediction", "ResolvedModel", "UnknownModelError", "WeightsError",
+           "WeightsNotFoundError", "create_model", "list_models", "preprocess", "resolve", "resolve_engine",
+           "__version__"]
 
 # name -> the module that defines it, imported when the name is first used
 _LAZY = {"create_model": "api", "list_models": "api", "preprocess": "api", "resolve": "api",
          "Classifier": "classifier", "Outcome": "classifier", "Prediction": "classifier",
-         "ResolvedModel": "resolved"}
+         "ResolvedModel": "resolved", "EngineChoice": "engines", "resolve_engine": "engines"}
 
 if TYPE_CHECKING:
     from .api import create_model, list_models, preprocess, resolve
     from .classifier import Classifier, Outcome, Prediction
+    from .engines import EngineChoice, resolve_engine
     from .resolved import ResolvedModel
 
 

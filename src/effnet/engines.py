@@ -258,6 +258,25 @@ def _openvino_capabilities() -> list[str]:
     return require("openvino").Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
+def devices() -> dict:
+    """Where this machine can run the network, as plain data (`effnet info`): the CPU and each CUDA GPU PyTorch
+    sees, with its name (and for a GPU the precision it runs by default); and, without a GPU, why not."""
+    import torch
+
+    from .machine import cpu_model
+
+    found: list[dict] = [{"device": "cpu", "name": cpu_model()}]
+    no_gpu = None
+    if not cuda_available():
+        no_gpu = (f"no CUDA GPU: this PyTorch ({torch.__version__}) is a CPU-only build" if torch.version.cuda is None
+                  else f"no CUDA GPU visible to PyTorch (CUDA {torch.version.cuda} build)")
+    else:
+        for index in range(torch.cuda.device_count()):
+            device = _cuda_device(index)
+            found.append({"device": str(device), "name": device.name, "precision": default_precision("torch", device)})
+    return {"found": found, "no_gpu": no_gpu}
+
+
 def installed(backend: str) -> bool:
     """Whether a backend's package can be imported (torch always can)."""
     from .optional import installed as module_installed

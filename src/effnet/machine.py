@@ -48,6 +48,10 @@ def _version(dist: str) -> str | None:
         return None
 
 
+def cpu_model() -> str:
+    return _cpuinfo()[0]
+
+
 def machine_info() -> dict:
     """CPU model, cores, the ISA flags that matter to the engines, memory, load, library versions."""
     model, flags = _cpuinfo()
@@ -72,6 +76,12 @@ def machine_info() -> dict:
                 "CPU", "OPTIMIZATION_CAPABILITIES")
         except Exception:  # noqa: BLE001 - a description, never a reason to fail a benchmark
             pass
+    torch = sys.modules.get("torch")  # likewise: only if already loaded
+    if torch is not None and torch.version.cuda is not None and torch.cuda.is_available():
+        info["gpus"] = [{"name": props.name, "memory_gib": round(props.total_memory / 2**30, 1),
+                         "multiprocessors": props.multi_processor_count}
+                        for props in map(torch.cuda.get_device_properties, range(torch.cuda.device_count()))]
+        info["cuda"] = torch.version.cuda
     return info
 
 

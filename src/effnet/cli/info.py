@@ -21,6 +21,8 @@ def model_info(name: str) -> dict:
     from ..resolved import resolve
     from ..weights import cached_file
 
+    from ..engines import devices
+
     model = resolve(name, None)  # the architecture and registry entry; weights are only looked for
     spec, entry, cfg = model.spec, model.entry, model.preprocess
     cost = complexity(name, cfg.input_size)
@@ -46,6 +48,7 @@ def model_info(name: str) -> dict:
                   "interpolation": cfg.interpolation.value},
         "output": {"name": OUTPUT_NAME, "shape": [1, num_classes()], "meaning": "softmax probabilities over ImageNet-1k"},
         "weights": _weights_used(entry, cached),
+        "devices": devices(),
         "card": ({"name": card.card, "top1": card.top1, "top5": card.top5, "parameters_millions": card.params_millions,
                   "gflops": card.gflops} if (card := model.card) else None),
     }
@@ -89,6 +92,9 @@ def run_info(args: argparse.Namespace) -> int:
     if card := info["card"]:
         emit(f"  card    {card['name']}: ImageNet val top-1 {card['top1']:.2f} %, top-5 {card['top5']:.2f} %, "
               f"{card['parameters_millions']} M parameters, {card['gflops']} GFLOPs")
+    devices = info["devices"]
+    emit("  devices " + "; ".join(f"{d['device']} ({d['name']}" + (f", {d['precision']}" if "precision" in d else "")
+                                  + ")" for d in devices["found"]) + (f"; {devices['no_gpu']}" if devices["no_gpu"] else ""))
     return 0
 
 
