@@ -124,7 +124,7 @@ class DeviceDecoder:
                 except EffnetError as exc:
                     out[i] = exc
                     continue
-                array = torch.from_numpy(np.asarray(photo)).permute(2, 0, 1)
+                array = torch.from_numpy(np.array(photo)).permute(2, 0, 1)  # np.array: a copy torch may write
                 out[i] = array.to(self.device, non_blocking=True)
         return out  # type: ignore[return-value]
 

@@ -6,7 +6,7 @@ The escaping, as `ls --quoting-style=escape` and C do it, over the name's bytes:
 `\\\\`; a newline, tab and carriage return `\\n`, `\\t`, `\\r`; every other control character (C0, DEL, C1)
 and the Unicode line and paragraph separators as their UTF-8 bytes, `\\xHH` each. Bytes that are not UTF-8
 stay as they are in text output (written back as the bytes they were, as `ls` does) and are written
-`\\xHH` where the output must be UTF-8 (`--json`). Python's `codecs.escape_decode`, or bash's
+`\\xHH` where the output must be UTF-8 (JSON lines). Python's `codecs.escape_decode`, or bash's
 `printf '%b'`, gives the name's bytes back.
 """
 from __future__ import annotations

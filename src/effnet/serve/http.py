@@ -8,8 +8,9 @@ from __future__ import annotations
 import asyncio
 import gzip
 import zlib
+from collections.abc import Awaitable, Callable
 from importlib import resources
-from typing import Any
+from typing import Any, TypeVar
 
 import orjson
 from starlette.applications import Starlette
@@ -27,6 +28,7 @@ from .errors import Draining, ProtocolError, ServeError, TooLarge
 from .model import VERSION, ServedModel
 from .state import ServerState
 
+T = TypeVar("T")
 OFFLOAD_BYTES = 256 << 10  # bodies larger than this are parsed off the event loop
 OPEN = {"/v2/health/live", "/v2/health/ready", "/metrics", "/", "/favicon.ico"}  # no token needed
 
@@ -92,6 +94,23 @@ def compress(body: bytes, request: Request) -> tuple[bytes, dict[str, str]]:
     if "deflate" in accept:
         return zlib.compress(body, 1), {"Content-Encoding": "deflate"}
     return body, {}
+
+
+async def while_connected(request: Request, work: Callable[[Callable[[], bool]], Awaitable[T]]) -> T | None:
+    """`work(gone)`'s result, watching the connection meanwhile; None, with `work` cancelled, when the client
+    leaves first (`gone()` tells `work` so too, for what it hands on)."""
+    gone = [False]
+    watcher = asyncio.create_task(until_disconnect(request, gone))
+    task = asyncio.create_task(work(lambda: gone[0]))
+    try:
+        await asyncio.wait({task, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        if not task.done():
+            task.cancel()
+            await asyncio.gather(task, return_exceptions=True)
+            return None
+        return task.result()
+    finally:
+        watcher.cancel()
 
 
 async def until_disconnect(request: Request, flag: list[bool]) -> None:
@@ -175,18 +194,9 @@ async def infer(request: Request) -> Response:
     except ClientDisconnect:
         return Response(status_code=499)
     deadline = m.deadline(parsed.timeout_us())
-    gone = [False]
-    watcher = asyncio.create_task(until_disconnect(request, gone))
-    work = asyncio.create_task(m.infer(parsed, deadline, lambda: gone[0]))
-    try:
-        await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if not work.done():  # the client left: drop its request (the batcher skips it)
-            work.cancel()
-            await asyncio.gather(work, return_exceptions=True)
-            return Response(status_code=499)
-        outputs = work.result()
-    finally:
-        watcher.cancel()
+    outputs = await while_connected(request, lambda gone: m.infer(parsed, deadline, gone))
+    if outputs is None:  # the client left: its request was dropped (the batcher skips it)
+        return Response(status_code=499)
     payload, header_length = http_response(m.name, VERSION, parsed, outputs)
     payload, headers = compress(payload, request)
     if header_length is not None:
@@ -208,18 +218,10 @@ async def explain(request: Request) -> Response:
         raise ProtocolError("query parameter 'timeout' must be an integer of microseconds (at most 18 digits)")
     target = request.query_params.get("target")
     m.explain_target(target)  # a bad target is a 400 before anything is admitted
-    gone = [False]
-    watcher = asyncio.create_task(until_disconnect(request, gone))
-    work = asyncio.create_task(m.explain(body, target, m.deadline(int(timeout) if timeout else None)))
-    try:
-        await asyncio.wait({work, watcher}, return_when=asyncio.FIRST_COMPLETED)
-        if not work.done():  # the client left: the explanation stops at its next step
-            work.cancel()
-            await asyncio.gather(work, return_exceptions=True)
-            return Response(status_code=499)
-        result = work.result()
-    finally:
-        watcher.cancel()
+    deadline = m.deadline(int(timeout) if timeout else None)
+    result = await while_connected(request, lambda gone: m.explain(body, target, deadline))
+    if result is None:  # the client left: the explanation stops at its next step
+        return Response(status_code=499)
     return ok(result)
 
 
