@@ -6,6 +6,7 @@ import html as _html
 from typing import Any
 
 from .. import __version__
+from ..contract import INPUT_NAME, OUTPUT_NAME, num_classes
 
 _ERROR = {"description": "Error", "content": {"application/json": {"schema": {"$ref": "#/components/schemas/Error"}}}}
 
@@ -46,8 +47,8 @@ def document(models: list[str]) -> dict[str, Any]:
         paths[base + "/stats"] = {"get": {"summary": "Model statistics", "parameters": params,
                                           "responses": {"200": {"description": "OK"}, **errors}}}
         paths[base + "/infer"] = {"post": {
-            "summary": "Inference: input 'data' FP32 [N,3,S,S] (normalised) or BYTES [N] (encoded images); "
-                       "output 'prob' FP32 [N,1000]",
+            "summary": f"Inference: input '{INPUT_NAME}' FP32 [N,3,S,S] (normalised) or BYTES [N] (encoded images); "
+                       f"output '{OUTPUT_NAME}' FP32 [N,{num_classes()}]",
             "parameters": params + [{"name": "Inference-Header-Content-Length", "in": "header", "required": False,
                                      "schema": {"type": "integer", "minimum": 0}}],
             "requestBody": infer_body,
