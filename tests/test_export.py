@@ -249,7 +249,7 @@ def test_cli_export(lite0_weights, photo_files, tmp_path, capsys):
     assert f"{4 + len(photo_files)} images" in out  # the bundled photo's views and the folder's photos
     assert str(ov.Core().read_model(tmp_path / f"{LITE0}.xml").inputs[0].get_partial_shape()) == "[?,3,224,224]"
     assert main(["export", "--model", LITE0, "--weights", str(lite0_weights), "--format", "openvino",
-                 "--precision", "int8", "--output", str(tmp_path)]) == 1
+                 "--precision", "int8", "--output", str(tmp_path)]) == 2  # a usage mistake
     assert "--calibration" in capsys.readouterr().err
 
 

@@ -34,6 +34,10 @@ class MissingEngineError(EffnetError, ImportError):
     """An optional inference engine (onnxruntime, openvino, nncf) that is not installed."""
 
 
+class RequestError(EffnetError):
+    """Options that cannot go together or name nothing: an unknown export format, int8 without photos."""
+
+
 class EngineError(EffnetError):
     """An engine choice that cannot run here: an unknown backend, a precision it lacks, no GPU."""
 

@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import argparse
 
+from ..errors import RequestError
 from .options import (
     comma_list,
     download_notice,
     emit,
     model_option,
     positive_int,
+    usage_mistakes,
     weights_option,
     writable_folder,
 )
@@ -50,7 +52,8 @@ def run(args: argparse.Namespace) -> int:
     output = writable_folder(args.output, "output")  # before minutes of export, not after
     calibration = calibration_set(args.calibration, args.calibration_size) if args.calibration else None
     # Before the weights are read (or B7's downloaded): an impossible request, or a missing package.
-    check_request(args.format, args.precision, calibration, verify=args.verify)
+    with usage_mistakes(RequestError):
+        check_request(args.format, args.precision, calibration, verify=args.verify)
     download_notice(args.model, args.weights)
     results = export_model(resolve(args.model, args.weights), output=output, formats=args.format,
                            precision=args.precision, batch=None if args.batch == "dynamic" else 1,

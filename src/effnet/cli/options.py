@@ -303,6 +303,9 @@ def download_notice(model: str, weights: object) -> bool:
 def before_engine(model: str, weights: object, engine: EngineChoice) -> None:
     """What to say before an engine is built (the engine itself is resolved already): a coming download,
     then a cache that cannot keep the engine model (not when a download into that cache comes first: its
-    error already names the folder)."""
-    if not download_notice(model, weights) and (engine.backend != "torch" or engine.compiled):
+    error already names the folder; nor for random weights, whose engine models are never kept)."""
+    from ..resolved import RANDOM
+
+    random = weights is None or weights == RANDOM
+    if not download_notice(model, weights) and not random and (engine.backend != "torch" or engine.compiled):
         cache_notice()

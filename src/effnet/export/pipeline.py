@@ -13,7 +13,7 @@ import numpy as np
 
 from ..calibration import CalibrationSet
 from ..engines import FILE_PRECISIONS
-from ..errors import EffnetError, OutputError
+from ..errors import EffnetError, OutputError, RequestError
 from ..files import folder_images
 from ..optional import require
 from ..preprocessing import PreprocessConfig
@@ -60,16 +60,16 @@ def check_request(formats: Sequence[str], precision: str, calibration: Calibrati
     built, B7's weights downloaded)."""
     unknown = [f for f in formats if f not in FORMATS]
     if unknown or not formats:
-        raise EffnetError(f"unknown formats={','.join(unknown) or '(none)'}; choose from {', '.join(FORMATS)}",
+        raise RequestError(f"unknown formats={','.join(unknown) or '(none)'}; choose from {', '.join(FORMATS)}",
                           params=("formats",))
     if precision not in FILE_PRECISIONS:
-        raise EffnetError(f"unknown precision={precision}; choose from {', '.join(FILE_PRECISIONS)}",
+        raise RequestError(f"unknown precision={precision}; choose from {', '.join(FILE_PRECISIONS)}",
                           params=("precision",))
     if precision != "fp32" and "openvino" not in formats:
-        raise EffnetError(f"ONNX export is fp32 (the card's original model); precision={precision} needs "
+        raise RequestError(f"ONNX export is fp32 (the card's original model); precision={precision} needs "
                           f"formats=openvino", params=("precision", "formats"))
     if precision == "int8" and calibration is None:
-        raise EffnetError("precision=int8 needs calibration=DIR: a folder of a few hundred representative photos",
+        raise RequestError("precision=int8 needs calibration=DIR: a folder of a few hundred representative photos",
                           params=("precision", "calibration"))
     for module in required_modules(formats, precision, verify=verify):
         require(module)
