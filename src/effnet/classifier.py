@@ -73,7 +73,7 @@ class Classifier:
         engine = None
         if isinstance(backend, (str, EngineChoice)):
             if isinstance(backend, str):  # the top for a Python caller: the CUDA graphs follow the batch size
-                options = EngineOptions(batch_sizes=graph_batch_sizes(batch_size) if batch_size else ())
+                options = EngineOptions(batch_sizes=graph_batch_sizes(batch_size))
                 backend = resolve_engine(backend, precision, device=device, calibration=calibration, options=options)
             engine = backend  # a missing engine or a GPU that is not there fails before any download
         resolved = resolve(model, weights)

@@ -97,10 +97,11 @@ class EngineChoice:
         return out
 
 
-def graph_batch_sizes(batch_size: int) -> tuple[int, ...]:
+def graph_batch_sizes(batch_size: int | None) -> tuple[int, ...]:
     """The batch shapes a compiled GPU engine records for callers of `batch_size`: a full batch, and a
-    small one for single photos and a stream's last images (each shape costs a compile the first time)."""
-    return tuple(sorted({min(8, batch_size), batch_size}))
+    small one for single photos and a stream's last images (each shape costs a compile the first time);
+    none for no batch size (the engine's own defaults then)."""
+    return tuple(sorted({min(8, batch_size), batch_size})) if batch_size else ()
 
 
 def resolve_engine(backend: str | EngineChoice = AUTO, precision: str | None = None, *, device: str = AUTO,
@@ -174,18 +175,12 @@ def resolve_device(device: str, backend: str = AUTO, precision: str | None = Non
     text = str(device).strip().lower()
     if text == "cpu":
         return CPU
-    cpu_only = backend in MODULES  # OpenVINO and ONNX Runtime run on CPUs here
-    if text == AUTO:
-        on_gpu = not cpu_only and (precision is None or precision in PRECISIONS["torch"]["cuda"])
+    if text == AUTO:  # OpenVINO and ONNX Runtime run on CPUs here
+        on_gpu = backend not in MODULES and (precision is None or precision in PRECISIONS["torch"]["cuda"])
         return _cuda_device(0) if on_gpu and cuda_available() else CPU
-    kind, _, index = text.partition(":")
-    if kind != "cuda" or (index and not index.isdigit()):
-        raise EngineError(f"unknown device={device}; choose auto, cpu, cuda or cuda:N", params=("device",))
-    if cpu_only:
-        raise EngineError(f"the {backend} backend runs on CPUs; use backend=torch for device={device}",
-                          params=("backend", "device"))
+    named = _declared_device(device, backend)  # its form, and a backend that runs there
     _check_cuda(device)
-    return _cuda_device(int(index or 0))
+    return _cuda_device(named.index)
 
 
 def cuda_available() -> bool:

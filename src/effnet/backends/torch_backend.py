@@ -181,8 +181,11 @@ class TorchBackend:
             parts.append(self._checked(part)[:min(largest, len(x) - start)])
         return torch.cat(parts)
 
-    def _checked(self, x: torch.Tensor) -> torch.Tensor:
-        run = self._compiled if self._compiled is not None and self._compiled.ready(len(x)) else self.network
+    def _checked(self, x: torch.Tensor, run: nn.Module | None = None) -> torch.Tensor:
+        """Softmax of `run` (default: the compiled network where this size compiles, else the eager one) over
+        `x`; out of memory, the halves go to the eager network (any shape), halving again down to one image."""
+        if run is None:
+            run = self._compiled if self._compiled is not None and self._compiled.ready(len(x)) else self.network
         try:
             return run(x).float().softmax(-1)
         except torch.OutOfMemoryError:
@@ -193,19 +196,7 @@ class TorchBackend:
             torch.cuda.empty_cache()
             log.warning("the GPU ran out of memory on a batch of %d; splitting it", len(x))
             half = len(x) // 2
-            return torch.cat([self._eager(x[:half]), self._eager(x[half:])])
-
-    def _eager(self, x: torch.Tensor) -> torch.Tensor:
-        """The uncompiled network (any batch shape), halving again on running out of memory."""
-        try:
-            return self.network(x).float().softmax(-1)
-        except torch.OutOfMemoryError:
-            if len(x) == 1:
-                raise EngineError(f"the GPU ({self.device}) ran out of memory on a single image: another "
-                                  f"process is using it") from None
-            torch.cuda.empty_cache()
-            half = len(x) // 2
-            return torch.cat([self._eager(x[:half]), self._eager(x[half:])])
+            return torch.cat([self._checked(x[:half], self.network), self._checked(x[half:], self.network)])
 
     def _context(self) -> contextlib.AbstractContextManager:
         """cuDNN times its algorithms (fixed shapes repeat); fp32 means fp32: TF32 off for this call only."""

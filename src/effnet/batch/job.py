@@ -12,7 +12,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from ..arch import DEFAULT_MODEL
-from ..engines import AUTO, EngineChoice, EngineOptions, resolve_engine
+from ..engines import AUTO, EngineChoice, EngineOptions, graph_batch_sizes, resolve_engine
 from ..errors import EffnetError
 from ..progress import NoProgress, Progress
 from ..resolved import UNSET, ResolvedModel, Weights, resolve
@@ -65,7 +65,7 @@ def run_batch(inputs: list[str | os.PathLike], output: str | os.PathLike, *,
         log.warning("%s (its row carries the error)", error)
     if engine is None:  # a missing engine or GPU fails before any download; Ray's nodes check their own GPUs
         engine = resolve_engine(backend, precision, device=device, local=runner == "local",
-                                options=EngineOptions(batch_sizes=_sizes(batch_size)))
+                                options=EngineOptions(batch_sizes=graph_batch_sizes(batch_size)))
     batch_size = batch_size or engine.batch_size
     resolved = resolve(model, weights)
     plan = plan_job(listed, resolved, engine, runner, top, shard_size, decode)
@@ -98,12 +98,6 @@ def run_batch(inputs: list[str | os.PathLike], output: str | os.PathLike, *,
         finally:
             progress.close()
     return summary
-
-
-def _sizes(batch_size: int | None) -> tuple[int, ...]:
-    from ..engines import graph_batch_sizes
-
-    return graph_batch_sizes(batch_size) if batch_size else ()
 
 
 def local_rows(resolved: ResolvedModel, engine: EngineChoice, batch_size: int, top: int,

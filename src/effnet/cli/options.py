@@ -80,7 +80,7 @@ def engine_choice(args: argparse.Namespace, *, batch_size: int | None = None, lo
     mistake (exit 2). `options`: EngineOptions fields."""
     from ..engines import EngineOptions, graph_batch_sizes, resolve_engine
 
-    sizes = graph_batch_sizes(batch_size) if batch_size else ()
+    sizes = graph_batch_sizes(batch_size)
     with usage_mistakes(EngineError):
         return resolve_engine(args.backend, getattr(args, "precision", None), device=args.device,
                               calibration=getattr(args, "calibration", None), local=local,
