@@ -1,21 +1,25 @@
 """EfficientNet-B7 at 600x600 on this CPU, every engine on the same weights, in one run -> RESULTS.md.
 
     python benchmarks/run_benchmarks.py [--seconds 20] [--rounds 2] [--images DIR] [--weights PATH]
-                                        [--model NAME] [--out PATH]
+                                        [--model NAME] [--out PATH] [--json PATH] [--skip KEYS]
 
 Measures the rows of speed/configurations.py in interleaved rounds (so that load from other processes
-spreads over all of them), then the rows the targets compare again beside one busy process (the usual
-state of a shared 2-core machine), a per-layer profile (OpenVINO PERF_COUNT, grouped by layer type),
-the bf16 GEMM rate of one core (the compute limit), and top-1 agreement with fp32. Without --weights,
-the model gets seeded random weights whose BatchNorm statistics are calibrated on real photos (speed
-does not depend on the values; no network is needed), saved as a file so that its sha256 names them.
-Everything cached lives under effnet's cache dir ("bench" and "exports"). About 6 minutes with the
-defaults once the exports are cached (the first run builds them, B7's int8 model included).
+spreads over all of them): PyTorch eager fp32 (geffnet, in fresh processes, with glibc's malloc as it
+comes and keeping memory), ONNX Runtime fp32, OpenVINO fp32, OpenVINO's two anchors on the card's IR
+(LATENCY: compile_model(ir, "CPU") run sync; THROUGHPUT: benchmark_app's default, an AsyncInferQueue
+with every request busy), effnet end to end from JPEGs and engine only (bf16), and effnet's int8 engine.
+Then the rows the targets compare again beside one busy process (the usual state of a shared 2-core
+machine), a per-layer profile (OpenVINO PERF_COUNT, grouped by layer type), the bf16 GEMM rate of one
+core (the compute limit), and top-1 agreement with fp32. Without --weights, the model gets seeded
+random weights whose BatchNorm statistics are calibrated on real photos (speed does not depend on the
+values; no network is needed), saved as a file so that its sha256 names them. Everything cached lives
+under effnet's cache dir ("bench" and "exports"). About 6 minutes with the defaults once the exports
+are cached (the first run builds them, B7's int8 model included).
 
 A quick check of every code path (B0 is about 20x cheaper than B7; keep RESULTS.md out of it):
 
     python benchmarks/run_benchmarks.py --model efficientnet_b0 --seconds 0.5 --rounds 1 \
-        --contended-seconds 0.5 --wait-quiet 0 --out /tmp/results-smoke.md
+        --contended-seconds 0.5 --wait-quiet 0 --out /tmp/results-smoke.md --json /tmp/results-smoke.json
 
 RESULTS.md is rewritten above the line `<!-- notes -->`; what is below it (hand-written notes) is kept.
 """
@@ -44,6 +48,7 @@ from speed.torch_reference import geffnet_model
 
 import effnet
 from effnet.backends.openvino_graph import engine_ir
+from effnet.engines import resolve_engine
 from effnet.machine import load_average, machine_info
 from effnet.weights import cache_dir
 
@@ -111,7 +116,8 @@ def main(argv: list[str] | None = None) -> int:
         results["contended_seconds"] = args.contended_seconds
     if "profile" not in skip:
         log("profile and GEMM rate")
-        results["profile"] = layer_profile(engine_ir(resolved, precision="fp32", batch=1), inputs.crops[:1])
+        bf16 = resolve_engine("openvino", "bf16", device="cpu")  # the fp32 engine IR, computed in bf16
+        results["profile"] = layer_profile(engine_ir(resolved, bf16, batch=1), inputs.crops[:1])
         results["gemm_gflops"] = gemm_rate()
         results["macs"] = conv_macs(resolved)
     if "agreement" not in skip:
@@ -126,7 +132,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.json:
         Path(args.json).write_text(json.dumps(results, indent=2, default=str), encoding="utf-8")
     for c in results["configs"]:
-        print(f"{c['label']:60s} {c['throughput_ips']:6.2f} img/s  p50 {c['latency_ms']['p50']:7.0f} ms")
+        print(f"{c['label']:68s} {c['throughput_ips']:6.2f} img/s  p50 {c['latency_ms']['p50']:7.0f} ms")
     print(f"wrote {args.out}")
     return 0
 

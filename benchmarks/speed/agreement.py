@@ -10,8 +10,10 @@ import numpy as np
 import effnet
 from effnet import ResolvedModel
 from effnet.backends import Backend, create_backend
+from effnet.engines import resolve_engine
 from effnet.preprocessing import normalize
 
+from .configurations import openvino_engine
 from .inputs import Inputs
 from .runner import log
 
@@ -45,11 +47,10 @@ def lite0_agreement(crops: np.ndarray, with_int8: bool, photos: Path) -> dict:
     size = (lite.input_size,) * 2
     small = np.stack([np.array(Image.fromarray(c).resize(size, Image.Resampling.BICUBIC)) for c in crops])
     inputs = np.concatenate([dihedral(small), dihedral(small[:, ::-1].copy() // 2 + 64)])
-    fp32 = create_backend("torch", lite, "fp32").predict(inputs)
-    out = {"lite0_bf16_vs_torch_fp32": agreement(fp32, create_backend("openvino", lite, "bf16", batch=1)
-                                                 .predict(inputs))}
+    fp32 = create_backend(lite, resolve_engine("torch", "fp32", device="cpu")).predict(inputs)
+    out = {"lite0_bf16_vs_torch_fp32": agreement(fp32, openvino_engine(lite, "bf16").predict(inputs))}
     if with_int8:
-        int8 = create_backend("openvino", lite, "int8", calibration=photos)
+        int8 = openvino_engine(lite, "int8", calibration=photos)
         out["lite0_int8_vs_torch_fp32"] = agreement(fp32, int8.predict(inputs))
     return out
 
@@ -63,7 +64,7 @@ def measure_agreement(resolved: ResolvedModel, inputs: Inputs, effnet_bf16: Back
     except ImportError:
         log("no Lite0 weights package: skipping its agreement")
     crops = dihedral(inputs.crops[:4])
-    ov_fp32 = create_backend("openvino", resolved, "fp32", batch=1)
+    ov_fp32 = openvino_engine(resolved, "fp32")
     reference = ov_fp32.predict(crops)
     out["model_bf16_vs_ov_fp32"] = agreement(reference, effnet_bf16.predict(crops))
     if effnet_int8 is not None:

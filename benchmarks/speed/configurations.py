@@ -4,17 +4,25 @@ work (one timed round). The rows, in the table's order:
   1. PyTorch eager fp32: geffnet's model, the card's original code (engine only), in fresh worker
      processes, once with glibc's default malloc and once with malloc keeping freed memory
   2. ONNX Runtime fp32 on effnet's ONNX export (engine only, default session options)
-  3. OpenVINO fp32 on the card's IR: compile_model(ir, "CPU", {INFERENCE_PRECISION_HINT: f32})
-  4. OpenVINO default on the card's IR: plain compile_model(ir, "CPU"), what a user gets by hand
-     (LATENCY hint, bf16 where the CPU has it), one request after another, like benchmark_app -api sync
-  5. effnet's default path end to end: JPEG files -> Classifier (decode threads) -> OpenVINO backend
+  3. OpenVINO fp32 on the card's IR: compile_model(ir, "CPU", {INFERENCE_PRECISION_HINT: f32}), sync
+  4. the LATENCY anchor, OpenVINO on the card's IR as compiled by hand: plain compile_model(ir, "CPU")
+     (LATENCY hint, one stream, bf16 where the CPU has it), one request after another (benchmark_app -api sync)
+  5. the THROUGHPUT anchor, OpenVINO on the same IR file as benchmark_app runs it by default:
+     compile_model(ir, "CPU", {PERFORMANCE_HINT: THROUGHPUT}) fed by an AsyncInferQueue of
+     OPTIMAL_NUMBER_OF_INFER_REQUESTS requests, all kept busy (the same float BGR input as row 4)
+  6. effnet's default path end to end: JPEG files -> Classifier (decode threads) -> OpenVINO backend
      (bf16, THROUGHPUT hint, one image per infer request)
-  6. the same effnet backend engine only (random uint8 crops), to show what decoding costs
-  7. effnet's opt-in int8 model (NNCF, calibrated on the photos), engine only
+  7. the same effnet backend engine only (random uint8 crops), to show what decoding costs
+  8. effnet's opt-in int8 model (NNCF, calibrated on the photos), engine only
+
+Rows 2-5 take one image per call. The anchors (4, 5) are engine only, while effnet end to end (6) also
+decodes its JPEGs in the same time.
 """
 from __future__ import annotations
 
 import dataclasses
+import os
+import time
 from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +38,9 @@ from effnet.bench import (
     measure,
     percentiles,
 )
+from effnet.classifier import make_decoder
 from effnet.contract import INPUT_NAME
+from effnet.engines import EngineOptions, resolve_engine
 from effnet.export.cache import cached_ir, cached_onnx
 
 from .inputs import Inputs
@@ -38,7 +48,8 @@ from .runner import log
 from .torch_reference import MALLOC_KEEP, in_fresh_process
 
 # Rows measured again beside a busy process (the ones the targets compare).
-CONTENDED_KEYS = ("torch", "torch_keep", "ov_default", "effnet_e2e", "effnet_engine", "effnet_int8")
+CONTENDED_KEYS = ("torch", "torch_keep", "ov_default", "ov_throughput", "effnet_e2e", "effnet_engine",
+                  "effnet_int8")
 
 
 @dataclass(frozen=True)
@@ -112,7 +123,7 @@ def end_to_end(classifier: Classifier, files: list[Path]) -> RoundFunction:
 
 class PlainOpenVINO:
     """The card's IR compiled as a user does by hand, compile_model(ir, "CPU", properties), run one
-    request after another (benchmark_app -api sync): the baseline effnet's engine is held to."""
+    request after another (benchmark_app -api sync): with no properties, the LATENCY anchor."""
 
     name = "openvino"
 
@@ -131,7 +142,79 @@ class PlainOpenVINO:
         """What the plugin chose, under the keys effnet's OpenVINO backend reports."""
         from effnet.backends.openvino_backend import compiled_settings
 
-        return compiled_settings(self.compiled)
+        return {**compiled_settings(self.compiled), "api": "sync"}
+
+
+class ThroughputOpenVINO:
+    """The card's IR as benchmark_app runs it by default: the THROUGHPUT hint, and an AsyncInferQueue of
+    the plugin's OPTIMAL_NUMBER_OF_INFER_REQUESTS requests, every one kept busy: the throughput anchor.
+    A round is images finished / wall time, the last requests drained (as benchmark_app counts);
+    latency is per request, from its start to its result."""
+
+    name = "openvino"
+
+    def __init__(self, xml: Path, x: np.ndarray) -> None:
+        import openvino as ov
+
+        self.compiled = ov.Core().compile_model(str(xml), "CPU", {"PERFORMANCE_HINT": "THROUGHPUT"})
+        self.queue = ov.AsyncInferQueue(self.compiled, self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
+        self.queue.set_callback(self._finished)
+        self.x = x
+        self.latencies: list[float] = []
+
+    def _finished(self, request, started: float) -> None:
+        self.latencies.append(time.perf_counter() - started)  # list.append is atomic: callbacks run in OV threads
+
+    def _start(self) -> None:
+        self.queue.get_idle_request_id()  # wait for a free request first, so that the stamp is its start
+        self.queue.start_async({0: self.x}, time.perf_counter(), share_inputs=True)  # read only: one array for all
+
+    def timed_round(self, seconds: float, first: bool) -> Round:
+        if first:  # every request once, uncounted: allocation and kernel selection
+            for _ in range(len(self.queue)):
+                self._start()
+            self.queue.wait_all()
+        self.latencies = []
+        cpu0, start = cpu_time(), time.perf_counter()
+        while time.perf_counter() - start < seconds:
+            self._start()
+        self.queue.wait_all()
+        wall = time.perf_counter() - start
+        done = list(self.latencies)
+        return Round(Measurement(len(done) * len(self.x), wall, done, cpu_time() - cpu0))
+
+    def settings(self) -> dict:
+        from effnet.backends.openvino_backend import compiled_settings
+
+        return {**compiled_settings(self.compiled), "api": "async"}
+
+
+def cpu_time() -> float:
+    """This process's user + system CPU time (all threads, the plugin's included)."""
+    t = os.times()
+    return t.user + t.system
+
+
+def openvino_engine(resolved: ResolvedModel, precision: str, calibration: Path | None = None) -> Backend:
+    """effnet's OpenVINO backend at `precision` on the CPU, one image per infer request (int8: quantised
+    on the `calibration` photos)."""
+    engine = resolve_engine("openvino", precision, device="cpu", calibration=calibration,
+                            options=EngineOptions(model_batch=1))
+    return create_backend(resolved, engine)
+
+
+def anchors(card_ir: Path, x_bgr: np.ndarray) -> list[Configuration]:
+    """OpenVINO's two anchors on the same card IR file and input: LATENCY (compile_model by hand, sync) and
+    THROUGHPUT (benchmark_app's default, async)."""
+    plain = PlainOpenVINO(card_ir, {}, x_bgr)
+    latency = {"batch": 1, **plain.settings()}
+    queued = ThroughputOpenVINO(card_ir, x_bgr)
+    throughput = {"batch": 1, **queued.settings()}
+    return [Configuration("ov_default", "OpenVINO LATENCY hint (card IR, compile_model(ir, 'CPU'), sync)", "openvino",
+                          str(latency.get("inference_precision")), "engine", latency, stepped(plain.step)),
+            Configuration("ov_throughput", "OpenVINO THROUGHPUT hint (card IR, async, benchmark_app's default)",
+                          "openvino", str(throughput.get("inference_precision")), "engine", throughput,
+                          queued.timed_round)]
 
 
 @dataclass
@@ -174,25 +257,23 @@ def build_suite(resolved: ResolvedModel, inputs: Inputs, *, batch: int, skip: Co
         plain = PlainOpenVINO(card_ir, {"INFERENCE_PRECISION_HINT": "f32"}, inputs.x_bgr)
         rows.append(Configuration("ov_fp32", "OpenVINO fp32 (card IR, default hint)", "openvino", "fp32", "engine",
                                   {"batch": 1, **plain.settings()}, stepped(plain.step)))
-    plain = PlainOpenVINO(card_ir, {}, inputs.x_bgr)
-    settings = {"batch": 1, **plain.settings()}
-    rows.append(Configuration("ov_default", "OpenVINO default (card IR, compile_model(ir, 'CPU'))", "openvino",
-                              str(settings.get("inference_precision")), "engine", settings, stepped(plain.step)))
+    rows += anchors(card_ir, inputs.x_bgr)
 
     log("effnet default backend")
-    effnet_bf16 = create_backend("openvino", resolved, "bf16", batch=1)
-    classifier = Classifier(resolved, backend=effnet_bf16, batch_size=batch)
+    effnet_bf16 = openvino_engine(resolved, "bf16")
+    decoder = make_decoder("exact", resolved, effnet_bf16)
+    classifier = Classifier.from_parts(resolved, decoder, effnet_bf16, batch)
     engine_settings = {"batch": batch, **effnet_bf16.settings()}
     rows.append(Configuration("effnet_e2e", f"effnet default, end to end from {len(inputs.files)} JPEGs", "openvino",
                               effnet_bf16.precision, "end-to-end",
-                              {**engine_settings, "decode threads": classifier.decode_workers},
+                              {**engine_settings, "decode threads": decoder.workers},
                               end_to_end(classifier, inputs.files)))
     rows.append(Configuration("effnet_engine", "effnet default, engine only", "openvino", effnet_bf16.precision,
                               "engine", engine_settings, engine_only(effnet_bf16, size, batch)))
     effnet_int8 = None
     if "int8" not in skip:
         log("int8 model (NNCF, calibrated on the photos; cached after the first run)")
-        effnet_int8 = create_backend("openvino", resolved, "int8", calibration=inputs.folder)
+        effnet_int8 = openvino_engine(resolved, "int8", calibration=inputs.folder)
         rows.append(Configuration("effnet_int8", "effnet int8 (opt-in, NNCF), engine only", "openvino", "int8",
                                   "engine", {"batch": batch, **effnet_int8.settings()},
                                   engine_only(effnet_int8, size, batch)))
