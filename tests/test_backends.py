@@ -17,7 +17,7 @@ from effnet.backends.openvino_graph import ENGINE_REVISION
 from effnet.cache_layout import cache_dir
 from effnet.cli import main
 from effnet.decode import center_crop, load_image
-from effnet.engines import EngineOptions, available_backends, resolve_engine
+from effnet.engines import EngineOptions, available_backends, default_precision, resolve_engine
 from effnet.errors import EffnetError, MissingEngineError
 from effnet.optional import require
 from effnet.resolved import resolve
@@ -218,6 +218,38 @@ def test_importing_effnet_needs_no_optional_engine():
 
 # ---- int8 through the backend ------------------------------------------------------------------
 
+def test_accuracy_control_is_part_of_the_calibration_identity(photo_files, tmp_path):
+    import hashlib
+    import shutil
+
+    from effnet.calibration import calibration_set
+    from effnet.errors import EngineError
+
+    for name, path in photo_files.items():
+        shutil.copy(path, tmp_path / f"{name}.jpg")
+    plain, controlled = calibration_set(tmp_path), calibration_set(tmp_path, max_drop=0.005)
+    assert plain.max_drop is None and controlled.max_drop == 0.005
+    assert len({plain.sha256, controlled.sha256, calibration_set(tmp_path, max_drop=0.01).sha256}) == 3
+    expected = hashlib.sha256(b"subset 300\n")  # plain sets keep the identity they had: their cached models stay
+    for path in sorted(tmp_path.iterdir()):
+        expected.update(f"{path.name}\0{hashlib.sha256(path.read_bytes()).hexdigest()}\n".encode())
+    assert plain.sha256 == expected.hexdigest()
+    with pytest.raises(EngineError, match="max_drop=1.5 is not a share"):
+        calibration_set(tmp_path, max_drop=1.5)
+
+
+def test_int8_without_calibration_runs_the_default_and_says_so(caplog):
+    """No photos of the user's own: the backend's default precision, named in the choice and in one warning."""
+    with caplog.at_level("WARNING", logger="effnet"):
+        engine = resolve_engine("openvino", "int8", device="cpu")
+    assert engine.precision == default_precision("openvino") and engine.calibration is None
+    (record,) = [r for r in caplog.records if "int8" in r.getMessage()]
+    assert f"running {engine.precision} (the openvino default) instead" in record.getMessage()
+    assert record.params == ("precision", "calibration")  # the CLI names the flags
+    with pytest.raises(EffnetError, match="onnxruntime backend runs fp32 on cpu, not precision=int8"):
+        resolve_engine("onnxruntime", "int8", device="cpu")  # a backend without int8 is still a mistake
+
+
 def test_openvino_int8_backend(lite0_weights, photo_arrays, crops, reference, tmp_path, cache_root):
     from PIL import Image
 
@@ -232,5 +264,3 @@ def test_openvino_int8_backend(lite0_weights, photo_arrays, crops, reference, tm
     probs = backend.predict(crops)
     assert list(probs.argmax(1)[:2]) == [967, 872]
     assert 1e-4 < np.abs(probs - reference).max() < 0.2  # really quantised, still close
-    with pytest.raises(EffnetError, match="calibration"):
-        make("openvino", resolve(LITE0, lite0_weights), "int8", cache_root=cache_root)

@@ -145,8 +145,12 @@ def test_ctrl_c_after_the_work_is_done_is_quiet(tmp_path, photo_files, lite0):
 @pytest.mark.parametrize("argv, message", [
     (["classify", "--backend", "onnxruntime", "--precision", "fp16", "x.jpg"],
      "the onnxruntime backend runs fp32 on cpu, not --precision fp16"),
-    (["classify", "--backend", "openvino", "--precision", "int8", "x.jpg"],
+    (["eval", "DATA", "--backend", "openvino", "--precision", "fp32,int8"],
      "--precision int8 needs --calibration DIR: a folder of a few hundred representative photos"),
+    (["classify", "--backend", "openvino", "--precision", "int8", "--int8-max-drop", "0.01", "x.jpg"],
+     "--int8-max-drop needs --calibration DIR: the held-out photos it is measured on"),
+    (["export", "--format", "openvino", "--precision", "int8", "--int8-max-drop", "0.01", "--output", "OUT"],
+     "--int8-max-drop needs --calibration DIR: the held-out photos it is measured on"),
     (["eval", "DATA", "--backend", "onnxruntime", "--precision", "fp16"],
      "the onnxruntime backend runs fp32 on cpu, not --precision fp16"),
     (["explain", "--class", "99999", "--output", "OUT", "x.jpg"],

@@ -308,6 +308,9 @@ def test_int8_lite0_agrees_with_fp32(lite0_weights, calibration_dir, photo_array
     assert result.parity.top1 >= 0.6 and result.parity.top5 >= 0.9
     model = ov.Core().read_model(result.path)
     assert sum(op.get_type_name() == "FakeQuantize" for op in model.get_ordered_ops()) > 20
+    # What the quantizer measured on the 20 held-out photos travels in the file.
+    assert rt_info(model, "int8_held_out") == "20" and 0.6 <= float(rt_info(model, "int8_top1_agreement")) <= 1
+    assert rt_info(model, "int8_float_layers") == "1"  # the stem, kept in float by the recipe
     # The whole photos, which it never saw whole: fp32's answer wherever fp32 is not torn between two
     # classes (chelsea is tiger cat 0.39 vs Egyptian cat 0.36: a coin flip at any precision).
     config = _config(LITE0)
@@ -450,3 +453,26 @@ def test_relative_difference_is_reported_and_nan_is_a_difference():
 def test_export_images_folder_must_exist(tmp_path):
     with pytest.raises(EffnetError, match="images=.*not a folder"):
         export_model(resolve(B0, None), output=tmp_path, images=tmp_path / "nowhere")
+
+
+def test_int8_accuracy_control_puts_layers_back_in_float_until_held_out_photos_agree(lite0_weights, calibration_dir):
+    """NNCF's accuracy control with top-1 agreement with fp32 as its metric: where plain quantization changes
+    a held-out photo's answer, max_drop=0 puts layers back in float until none changes."""
+    from effnet.export.build import build_ir
+    from effnet.export.quantize import float_layers_kept, load_crops, quantize_int8
+
+    resolved = resolve(LITE0, lite0_weights)
+    files = sorted(calibration_dir.iterdir())
+    crops = load_crops(files[:60], resolved.preprocess, progress=False)
+    held_out = load_crops(files[60:76], resolved.preprocess, progress=False)
+    ir = build_ir(resolved, "fp32")
+    plain, plain_quality = quantize_int8(ir, crops, held_out=held_out, asymmetric_activations=False)
+    assert plain_quality.count == 16 and plain_quality.top1 < 1  # plain int8 moves some answers here
+    controlled, quality = quantize_int8(ir, crops, held_out=held_out, max_drop=0.0, asymmetric_activations=False)
+    print(f"Lite0 int8 on 16 held-out views: plain {plain_quality.top1:.1%} ({float_layers_kept(plain)} float "
+          f"layers), accuracy control {quality.top1:.1%} ({float_layers_kept(controlled)} float layers)")
+    assert quality.top1 == 1.0 and float_layers_kept(controlled) > float_layers_kept(plain) == 1
+    reference = run_ir(ir, bgr_nchw(held_out))
+    assert compare(reference, run_ir(controlled, bgr_nchw(held_out))) == quality  # the figure is the model's
+    with pytest.raises(EffnetError, match="needs held-out photos"):
+        quantize_int8(ir, crops, max_drop=0.01)

@@ -8,9 +8,11 @@ from pathlib import Path
 from ..errors import EngineError, OutputError
 from .options import (
     TerminalProgress,
+    calibration_choice,
     comma_list,
     download_notice,
     emit,
+    int8_max_drop_option,
     model_option,
     positive_int,
     usage_mistakes,
@@ -43,6 +45,7 @@ def add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=positive_int, default=8, metavar="N",
                    help="images per engine call, decoded ahead in threads (default 8)")
     p.add_argument("--calibration", metavar="DIR", help="images to quantise int8 models with")
+    int8_max_drop_option(p)
     p.add_argument("--resume-dir", metavar="DIR", help="where each column's per-image results are kept (default: effnet's cache; "
                         "where that cannot be written, memory only)")
     p.add_argument("--json", action="store_true", help="print one JSON object instead of the Markdown table")
@@ -57,7 +60,7 @@ def run(args: argparse.Namespace) -> int:
 
     # Mistakes that would otherwise surface after hours: engines (installed, precision), the folders written.
     with usage_mistakes(EngineError):
-        engines = eval_engines(args.backend, args.precision, device=args.device, calibration=args.calibration)
+        engines = eval_engines(args.backend, args.precision, device=args.device, calibration=calibration_choice(args))
     resume_dir = writable_folder(args.resume_dir, "resume_dir") if args.resume_dir else None
     if args.report and not Path(args.report).expanduser().parent.is_dir():
         raise OutputError(f"cannot write the report {args.report}: its folder does not exist")

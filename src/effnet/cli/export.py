@@ -5,9 +5,11 @@ import argparse
 
 from ..errors import RequestError
 from .options import (
+    UsageError,
     comma_list,
     download_notice,
     emit,
+    int8_max_drop_option,
     model_option,
     positive_int,
     usage_mistakes,
@@ -35,6 +37,7 @@ def add(sub: argparse._SubParsersAction) -> None:
                    help="photos for int8 calibration (every fifth is kept back to measure agreement)")
     p.add_argument("--calibration-size", type=positive_int, default=300, metavar="N",
                    help="images used to calibrate (default 300)")
+    int8_max_drop_option(p)
     p.add_argument("--output", required=True, metavar="DIR", help="where the files are written")
     p.add_argument("--verify", action=argparse.BooleanOptionalAction, default=True,
                    help="compare with PyTorch after writing, on real photos; fp32 probabilities must match "
@@ -49,8 +52,11 @@ def run(args: argparse.Namespace) -> int:
     from ..export import check_request, export_model
     from ..resolved import resolve
 
+    if args.int8_max_drop is not None and not args.calibration:
+        raise UsageError("--int8-max-drop needs --calibration DIR: the held-out photos it is measured on")
     output = writable_folder(args.output, "output")  # before minutes of export, not after
-    calibration = calibration_set(args.calibration, args.calibration_size) if args.calibration else None
+    calibration = (calibration_set(args.calibration, args.calibration_size, max_drop=args.int8_max_drop)
+                   if args.calibration else None)
     # Before the weights are read (or B7's downloaded): an impossible request, or a missing package.
     with usage_mistakes(RequestError):
         check_request(args.format, args.precision, calibration, verify=args.verify)
@@ -63,5 +69,6 @@ def run(args: argparse.Namespace) -> int:
         if result.parity is not None:
             emit(f"  vs PyTorch fp32 on {result.parity}")
             if result.precision == "int8" and result.parity.top1 < 0.995:
-                emit("  (below the 99.5 % top-1 target: calibrate on more, and more typical, photos)")
+                emit("  (below the 99.5 % top-1 target: calibrate on more, and more typical, photos, or add "
+                     "--int8-max-drop 0.005 to keep the layers that move answers in float)")
     return 0

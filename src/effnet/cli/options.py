@@ -17,6 +17,7 @@ from ..arch import DEFAULT_MODEL, list_models
 from ..errors import EffnetError, EngineError, OutputError
 
 if TYPE_CHECKING:
+    from ..calibration import CalibrationSet
     from ..engines import EngineChoice
 
 T = TypeVar("T")
@@ -49,6 +50,29 @@ def engine_options(parser: argparse.ArgumentParser, *, precision: bool = True) -
                                  "needs --calibration); default: the engine's own: bf16 on OpenVINO where the CPU "
                                  "has it, bf16 on GPUs, else fp32")
         parser.add_argument("--calibration", metavar="DIR", help="images to quantise an int8 model with")
+        int8_max_drop_option(parser)
+
+
+def int8_max_drop_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--int8-max-drop", type=share, metavar="SHARE",
+                        help="int8 with accuracy control: layers go back to float until top-1 agrees with fp32 on "
+                             "at least 1 - SHARE of the held-out calibration photos (e.g. 0.005); many validation "
+                             "runs (Lite0: minutes; B7 on a few cores: hours); default: plain quantization")
+
+
+def calibration_choice(args: argparse.Namespace, subset_size: int | None = None) -> str | CalibrationSet | None:
+    """--calibration as resolve_engine takes it: the folder, or its CalibrationSet where --int8-max-drop or a
+    subset size asks for more than the defaults; None without --calibration."""
+    from ..calibration import DEFAULT_SUBSET, calibration_set
+
+    folder, max_drop = getattr(args, "calibration", None), getattr(args, "int8_max_drop", None)
+    if folder is None:
+        if max_drop is not None:
+            raise UsageError("--int8-max-drop needs --calibration DIR: the held-out photos it is measured on")
+        return None
+    if max_drop is None and subset_size in (None, DEFAULT_SUBSET):
+        return folder
+    return calibration_set(folder, subset_size or DEFAULT_SUBSET, max_drop=max_drop)
 
 
 def decode_option(parser: argparse.ArgumentParser) -> None:
@@ -83,7 +107,7 @@ def engine_choice(args: argparse.Namespace, *, batch_size: int | None = None, lo
     sizes = graph_batch_sizes(batch_size)
     with usage_mistakes(EngineError):
         return resolve_engine(args.backend, getattr(args, "precision", None), device=args.device,
-                              calibration=getattr(args, "calibration", None), local=local,
+                              calibration=calibration_choice(args), local=local,
                               options=EngineOptions(batch_sizes=sizes, **options))  # type: ignore[arg-type]
 
 
@@ -91,6 +115,13 @@ def positive_int(text: str) -> int:
     value = int(text)
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def share(text: str) -> float:
+    value = float(text)
+    if not 0 <= value < 1:
+        raise argparse.ArgumentTypeError(f"must be a share in [0, 1), e.g. 0.005; got {text}")
     return value
 
 

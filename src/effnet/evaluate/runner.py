@@ -25,7 +25,7 @@ from ..contract import num_classes, ranked
 from ..datasets import Dataset, Sample, load_dataset
 from ..decode import Decoded, EncodedImage, PillowDecoder
 from ..engines import AUTO, PRECISIONS, EngineChoice, resolve_engine
-from ..errors import ImageError
+from ..errors import EngineError, ImageError
 from ..progress import NoProgress, Progress
 from ..resolved import UNSET, ResolvedModel, Weights, resolve
 from .report import Agreement, ConfigResult, Configuration, EvalResult
@@ -226,6 +226,9 @@ def eval_engines(backends: Sequence[str], precisions: Sequence[str], *, device: 
     precision (then the backend's error is raised). Every backend is checked (installed, importable) here,
     before any data is read or weights fetched.
     """
+    if "int8" in precisions and calibration is None:  # a column is what it says: no fallback to the default
+        raise EngineError("precision=int8 needs calibration=DIR: a folder of a few hundred representative photos",
+                          params=("precision", "calibration"))
     where = {b: resolve_engine(b, device=device).device for b in backends}  # unknown or missing: an error
     runnable = [(b, p) for b in backends for p in precisions
                 if b == AUTO or p in PRECISIONS[b].get(where[b].type, ())]
