@@ -226,15 +226,15 @@ def eval_engines(backends: Sequence[str], precisions: Sequence[str], *, device: 
     precision (then the backend's error is raised). Every backend is checked (installed, importable) here,
     before any data is read or weights fetched.
     """
-    if "int8" in precisions and calibration is None:  # a column is what it says: no fallback to the default
-        raise EngineError("precision=int8 needs calibration=DIR: a folder of a few hundred representative photos",
-                          params=("precision", "calibration"))
     where = {b: resolve_engine(b, device=device).device for b in backends}  # unknown or missing: an error
     runnable = [(b, p) for b in backends for p in precisions
                 if b == AUTO or p in PRECISIONS[b].get(where[b].type, ())]
     for p in precisions:
         if not any(q == p for _, q in runnable):
             resolve_engine(backends[-1], p, device=device)  # raises, e.g. "onnxruntime runs fp32, not int8"
+    if "int8" in precisions and calibration is None:  # a column is what it says: no fallback to the default
+        raise EngineError("precision=int8 needs calibration=DIR: a folder of a few hundred representative photos",
+                          params=("precision", "calibration"))
     engines = [resolve_engine(b, p, device=str(where[b]), calibration=calibration)
                for b, p in dict.fromkeys(runnable)]
     return list(dict.fromkeys(engines))
