@@ -65,7 +65,7 @@ def targets(configs: list[dict], agreement: dict | None = None) -> list[str]:
     if i8 and ovt:
         lines.append(f"- For comparison, the opt-in int8 model (engine only): {i8['throughput_ips']:.2f} img/s, "
                      f"**{ratio(i8['throughput_ips'], ovt['throughput_ips'])}** OpenVINO THROUGHPUT engine-only, "
-                     "at the agreement shown below")
+                     "at the agreement with fp32 that benchmarks/int8_agreement.py measures (the notes below)")
     return lines + agreement_aim(agreement or {})
 
 
