@@ -17,6 +17,8 @@ from .files import folder_images
 
 DEFAULT_SUBSET = 300  # NNCF's own default: enough for stable activation ranges on ImageNet models
 HOLDOUT = 100  # photos kept back from calibration to measure agreement on photos it did not see
+# Where an int8 model must be made (an export, an eval column) and no photos were given.
+NEEDS_PHOTOS = "precision=int8 needs calibration=DIR: a folder of a few hundred representative photos"
 
 
 @dataclass(frozen=True)

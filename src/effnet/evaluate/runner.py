@@ -21,6 +21,7 @@ import numpy as np
 
 from ..arch import DEFAULT_MODEL
 from ..backends import Backend, create_backend
+from ..calibration import NEEDS_PHOTOS
 from ..contract import num_classes, ranked
 from ..datasets import Dataset, Sample, load_dataset
 from ..decode import Decoded, EncodedImage, PillowDecoder
@@ -233,8 +234,7 @@ def eval_engines(backends: Sequence[str], precisions: Sequence[str], *, device: 
         if not any(q == p for _, q in runnable):
             resolve_engine(backends[-1], p, device=device)  # raises, e.g. "onnxruntime runs fp32, not int8"
     if "int8" in precisions and calibration is None:  # a column is what it says: no fallback to the default
-        raise EngineError("precision=int8 needs calibration=DIR: a folder of a few hundred representative photos",
-                          params=("precision", "calibration"))
+        raise EngineError(NEEDS_PHOTOS, params=("precision", "calibration"))
     engines = [resolve_engine(b, p, device=str(where[b]), calibration=calibration)
                for b, p in dict.fromkeys(runnable)]
     return list(dict.fromkeys(engines))

@@ -7,7 +7,7 @@ import tempfile
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from ..calibration import CalibrationSet
+from ..calibration import NEEDS_PHOTOS, CalibrationSet
 from ..errors import EngineError
 from ..model import EfficientNet
 from ..resolved import ResolvedModel
@@ -30,8 +30,7 @@ def ir_from_onnx(resolved: ResolvedModel, onnx_path: str | os.PathLike[str], pre
     ir = convert_onnx(onnx_path, resolved.preprocess, describe(resolved, color="BGR", folded=True))
     if precision == "int8":
         if calibration is None:
-            raise EngineError("precision=int8 needs calibration=DIR: a folder of a few hundred representative "
-                              "photos", params=("precision", "calibration"))
+            raise EngineError(NEEDS_PHOTOS, params=("precision", "calibration"))
         files, held_files = calibration.split()
         log.info("decoding %d calibration and %d held-out images", len(files), len(held_files))
         crops = load_crops(files, resolved.preprocess, desc="calibration images")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..calibration import CalibrationSet
+from ..calibration import NEEDS_PHOTOS, CalibrationSet
 from ..engines import FILE_PRECISIONS
 from ..errors import EffnetError, OutputError, RequestError
 from ..files import folder_images
@@ -69,8 +69,7 @@ def check_request(formats: Sequence[str], precision: str, calibration: Calibrati
         raise RequestError(f"ONNX export is fp32 (the card's original model); precision={precision} needs "
                           f"formats=openvino", params=("precision", "formats"))
     if precision == "int8" and calibration is None:
-        raise RequestError("precision=int8 needs calibration=DIR: a folder of a few hundred representative photos",
-                          params=("precision", "calibration"))
+        raise RequestError(NEEDS_PHOTOS, params=("precision", "calibration"))
     for module in required_modules(formats, precision, verify=verify):
         require(module)
 
