@@ -16,25 +16,23 @@ BatchNorm is calibrated on photos (benchmarks/run_benchmarks.py makes them), the
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime as dt
 import importlib
 import json
-import logging
 import sys
 import time
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
-from speed.photo_views import PhotoViews, photo_views  # speed/ beside this script: run it as a script
+from speed.configurations import ThroughputOpenVINO  # speed/ beside this script: run it as a script
+from speed.photo_views import PhotoViews, photo_views
 from speed.runner import log
 
 import effnet
 from effnet.export.build import build_ir
-from effnet.export.openvino import bgr_nchw
-from effnet.export.quantize import float_layers_kept, quantize_int8
+from effnet.export.openvino import bgr_nchw, run_ir
+from effnet.export.quantize import float_layers_kept, quantize_int8, quiet_nncf
 from effnet.machine import machine_info
 
 CONFIDENT = 0.5  # fp32 top-1 probability from which an answer counts as confident
@@ -63,38 +61,14 @@ def real_weights(name: str) -> str:
 
 
 def probabilities(model, crops: np.ndarray, precision: str) -> np.ndarray:
-    """`prob` for each crop, OpenVINO CPU at INFERENCE_PRECISION_HINT `precision`, requests in parallel."""
-    import openvino as ov
-
-    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": precision,
-                                                      "PERFORMANCE_HINT": "THROUGHPUT"})
-    out = np.empty((len(crops), compiled.output(0).get_partial_shape()[1].get_length()), np.float32)
-    queue = ov.AsyncInferQueue(compiled)
-    queue.set_callback(lambda request, i: out.__setitem__(i, request.get_output_tensor(0).data[0]))
-    for i, crop in enumerate(crops):
-        queue.start_async({0: bgr_nchw(crop[np.newaxis])}, i)
-    queue.wait_all()
-    return out
+    """`prob` for each crop, OpenVINO CPU at INFERENCE_PRECISION_HINT `precision`."""
+    return run_ir(model, bgr_nchw(crops), config={"INFERENCE_PRECISION_HINT": precision})
 
 
 def throughput(model, precision: str, crop: np.ndarray, seconds: float) -> float:
-    """Images per second, engine only: THROUGHPUT hint, every request kept busy."""
-    import openvino as ov
-
-    compiled = ov.Core().compile_model(model, "CPU", {"INFERENCE_PRECISION_HINT": precision,
-                                                      "PERFORMANCE_HINT": "THROUGHPUT"})
-    queue = ov.AsyncInferQueue(compiled)
-    x = bgr_nchw(crop[np.newaxis])
-    for _ in range(2 * len(queue)):  # warm-up: first inferences allocate
-        queue.start_async({0: x})
-    queue.wait_all()
-    done = 0
-    start = time.perf_counter()
-    while time.perf_counter() - start < seconds:
-        queue.start_async({0: x})
-        done += 1
-    queue.wait_all()
-    return done / (time.perf_counter() - start)
+    """Images per second, engine only, as the throughput anchor runs: THROUGHPUT hint, every request busy."""
+    engine = ThroughputOpenVINO(model, bgr_nchw(crop[np.newaxis]), {"INFERENCE_PRECISION_HINT": precision})
+    return engine.timed_round(seconds, first=True).measurement.throughput
 
 
 def row(model: str, configuration: str, reference: np.ndarray, probs: np.ndarray, speed: float,
@@ -183,18 +157,6 @@ def study(name: str, resolved, views: PhotoViews, *, seconds: float, accuracy_co
     for r in rows:
         r.vs_bf16 = r.images_per_s / bf16_speed
     return rows
-
-
-@contextlib.contextmanager
-def quiet_nncf() -> Iterator[None]:
-    """NNCF's per-node INFO lines off (its progress bars stay, on stderr)."""
-    logger = logging.getLogger("nncf")
-    level = logger.level
-    logger.setLevel(logging.WARNING)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
 
 
 def markdown(rows: list[Row], views: dict[str, PhotoViews], machine: dict, minutes: float) -> str:

@@ -153,10 +153,12 @@ class ThroughputOpenVINO:
 
     name = "openvino"
 
-    def __init__(self, xml: Path, x: np.ndarray) -> None:
+    def __init__(self, model, x: np.ndarray, properties: dict | None = None) -> None:
+        """`model`: an IR path or ov.Model; `properties`: more compile properties (INFERENCE_PRECISION_HINT)."""
         import openvino as ov
 
-        self.compiled = ov.Core().compile_model(str(xml), "CPU", {"PERFORMANCE_HINT": "THROUGHPUT"})
+        model = str(model) if isinstance(model, Path) else model
+        self.compiled = ov.Core().compile_model(model, "CPU", {"PERFORMANCE_HINT": "THROUGHPUT", **(properties or {})})
         self.queue = ov.AsyncInferQueue(self.compiled, self.compiled.get_property("OPTIMAL_NUMBER_OF_INFER_REQUESTS"))
         self.queue.set_callback(self._finished)
         self.x = x

@@ -5,11 +5,11 @@ import argparse
 
 from ..errors import RequestError
 from .options import (
-    UsageError,
     comma_list,
     download_notice,
     emit,
     int8_max_drop_option,
+    max_drop_needs_calibration,
     model_option,
     positive_int,
     usage_mistakes,
@@ -52,8 +52,7 @@ def run(args: argparse.Namespace) -> int:
     from ..export import check_request, export_model
     from ..resolved import resolve
 
-    if args.int8_max_drop is not None and not args.calibration:
-        raise UsageError("--int8-max-drop needs --calibration DIR: the held-out photos it is measured on")
+    max_drop_needs_calibration(args)
     output = writable_folder(args.output, "output")  # before minutes of export, not after
     calibration = (calibration_set(args.calibration, args.calibration_size, max_drop=args.int8_max_drop)
                    if args.calibration else None)

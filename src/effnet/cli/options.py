@@ -60,15 +60,20 @@ def int8_max_drop_option(parser: argparse.ArgumentParser) -> None:
                              "runs (Lite0: minutes; B7 on a few cores: hours); default: plain quantization")
 
 
+def max_drop_needs_calibration(args: argparse.Namespace) -> None:
+    """--int8-max-drop is measured on the held-out --calibration photos: without them, a usage mistake."""
+    if getattr(args, "int8_max_drop", None) is not None and getattr(args, "calibration", None) is None:
+        raise UsageError("--int8-max-drop needs --calibration DIR: the held-out photos it is measured on")
+
+
 def calibration_choice(args: argparse.Namespace, subset_size: int | None = None) -> str | CalibrationSet | None:
     """--calibration as resolve_engine takes it: the folder, or its CalibrationSet where --int8-max-drop or a
     subset size asks for more than the defaults; None without --calibration."""
     from ..calibration import DEFAULT_SUBSET, calibration_set
 
+    max_drop_needs_calibration(args)
     folder, max_drop = getattr(args, "calibration", None), getattr(args, "int8_max_drop", None)
     if folder is None:
-        if max_drop is not None:
-            raise UsageError("--int8-max-drop needs --calibration DIR: the held-out photos it is measured on")
         return None
     if max_drop is None and subset_size in (None, DEFAULT_SUBSET):
         return folder

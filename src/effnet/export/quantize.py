@@ -73,22 +73,30 @@ def quantize_int8(model: ov.Model, crops: np.ndarray, *, held_out: np.ndarray | 
     has_held_out = held_out is not None and len(held_out) > 0
     if max_drop is not None and not has_held_out:
         raise EffnetError("int8 accuracy control needs held-out photos: give at least 2 calibration photos")
-    reference = run_ir(model, bgr_nchw(held_out)) if has_held_out else None  # before NNCF touches the model
+    held_x = bgr_nchw(held_out) if has_held_out else None
+    reference = run_ir(model, held_x) if has_held_out else None  # before NNCF touches the model
+    # Its progress bars are printed to stdout, which carries results only.
+    with quiet_nncf(), stdout_to_stderr():
+        if max_drop is None:
+            quantized = nncf.quantize(model, dataset, **options)
+        else:
+            labelled = [(held_x[i:i + 1], int(label)) for i, label in enumerate(reference.argmax(1))]
+            quantized = nncf.quantize_with_accuracy_control(
+                model, dataset, nncf.Dataset(labelled), _top1_agreement, max_drop=max_drop, **options)
+    quality = compare(reference, run_ir(quantized, held_x)) if has_held_out else None
+    return quantized, quality
+
+
+@contextlib.contextmanager
+def quiet_nncf() -> Iterator[None]:
+    """NNCF's per-node INFO lines off inside the block; its progress bars stay."""
     logger = logging.getLogger("nncf")
     level = logger.level
-    logger.setLevel(logging.WARNING)  # keep its progress bars, drop its per-node INFO lines
+    logger.setLevel(logging.WARNING)
     try:
-        with stdout_to_stderr():  # its progress bars are printed to stdout, which carries results only
-            if max_drop is None:
-                quantized = nncf.quantize(model, dataset, **options)
-            else:
-                labelled = [(bgr_nchw(c[np.newaxis]), int(label)) for c, label in zip(held_out, reference.argmax(1))]
-                quantized = nncf.quantize_with_accuracy_control(
-                    model, dataset, nncf.Dataset(labelled), _top1_agreement, max_drop=max_drop, **options)
+        yield
     finally:
         logger.setLevel(level)
-    quality = compare(reference, run_ir(quantized, bgr_nchw(held_out))) if has_held_out else None
-    return quantized, quality
 
 
 def _top1_agreement(compiled, items) -> tuple[float, list[float]]:
